@@ -1,0 +1,1 @@
+"""Benchmarks of the reward service (``reward-service bench``); results go to docs/."""

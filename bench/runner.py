@@ -1,0 +1,127 @@
+"""``reward-service bench``: run the benchmarks, write docs/benchmarks.md and a JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.gateway import bench_math, bench_overhead
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def render(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `reward-service bench` (do not edit by hand); raw numbers in "
+        "`docs/benchmarks.json`.",
+        "",
+        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
+        f"{machine['platform']}; run {machine['date']}.",
+        "",
+    ]
+    math = results.get("math")
+    if math:
+        lines += [
+            "## Math throughput: service vs direct calls",
+            "",
+            f"{math['samples_per_round']} distinct samples per round (a third of them wrong "
+            f"answers), median of {math['rounds']} rounds, {math['workers']} worker processes. "
+            f"The service is a separate `reward-service serve` process; the client sends "
+            f"gRPC `ScoreBatch` calls of {math['batch']} requests, two in flight. *Direct* runs "
+            f"the same inputs in a `multiprocessing` pool of the same size, chunks of 16: "
+            f"once the math verifier's own function (math-verify OR the PRM800K grader, what "
+            f"the service runs), once bare math-verify `parse`+`verify` on the response.",
+            "",
+            "| path | samples/s | service as % of it | target |",
+            "|---|---:|---:|---|",
+            f"| service (gRPC, batch {math['batch']}) | {math['service_per_s']:.0f} | | |",
+            f"| direct: math verifier function | {math['direct_verifier_per_s']:.0f} | "
+            f"{100 * math['ratio_vs_direct_verifier']:.0f}% | >= 90%: "
+            f"{_verdict(math['ratio_vs_direct_verifier'] >= 0.9)} |",
+            f"| direct: bare math-verify | {math['direct_math_verify_per_s']:.0f} | "
+            f"{100 * math['ratio_vs_direct_math_verify']:.0f}% | >= 90%: "
+            f"{_verdict(math['ratio_vs_direct_math_verify'] >= 0.9)} |",
+            "",
+        ]
+    overhead = results.get("overhead")
+    if overhead:
+        lines += [
+            "## Gateway overhead (no-op verifier)",
+            "",
+            f"A verifier that returns at once (`bench/noop_verifier.py`, registered only by "
+            f"the benchmark), so the times are the service's own: transport, validation, "
+            f"queue, the round trip to a worker process and back. Sequential calls from one "
+            f"client process over loopback ({overhead['calls']} timed calls after 200 warm-up "
+            f"calls); streams: {overhead['streams']} timed streams of 1024 requests, each "
+            f"submitted at once and gathered.",
+            "",
+            "| path | p50 | p99 | target |",
+            "|---|---:|---:|---|",
+            f"| gRPC unary `Score` | {overhead['grpc_unary_p50_ms']:.2f} ms | "
+            f"{overhead['grpc_unary_p99_ms']:.2f} ms | p50 <= 1 ms: "
+            f"{_verdict(overhead['grpc_unary_p50_ms'] <= 1.0)} |",
+            f"| gRPC `ScoreStream`, 1024 requests | {overhead['grpc_stream_1024_p50_ms']:.1f} ms "
+            f"| {overhead['grpc_stream_1024_p99_ms']:.1f} ms | <= 100 ms: "
+            f"{_verdict(overhead['grpc_stream_1024_p50_ms'] <= 100.0)} (p50) |",
+            f"| HTTP `POST /v1/score` | {overhead['http_p50_ms']:.2f} ms | "
+            f"{overhead['http_p99_ms']:.2f} ms | |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+BENCHMARKS = {"math": bench_math, "overhead": bench_overhead}
+
+
+def run_benchmarks(args: argparse.Namespace) -> int:
+    workers = args.workers or os.cpu_count() or 1
+    selected = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [name for name in selected if name not in BENCHMARKS]
+    if unknown:
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
+        return 2
+    results: dict[str, Any] = {"machine": _machine()}
+    if args.json.exists():  # keep sections that this run does not redo
+        previous = json.loads(args.json.read_text())
+        results.update({k: v for k, v in previous.items() if k in BENCHMARKS})
+    for name in selected:
+        print(f"running {name} ...", file=sys.stderr)
+        results[name] = BENCHMARKS[name](workers, args.quick)
+        print(json.dumps(results[name], indent=2), file=sys.stderr)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    args.output.write_text(render(results) + "\n")
+    print(f"wrote {args.output} and {args.json}", file=sys.stderr)
+    return 0

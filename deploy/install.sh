@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything the reward service needs on a Debian/Ubuntu machine:
+# the system packages (through apt-get, when any is missing) and the project with its Python
+# dependencies in ./.venv. `--dev` adds the test and code-generation tools.
+#
+#   bash deploy/install.sh          # to run the service
+#   bash deploy/install.sh --dev    # to run the tests too
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+case "${1:-}" in
+  --dev) extras="[dev]" ;;
+  "") ;;
+  *) echo "usage: $0 [--dev]" >&2; exit 2 ;;
+esac
+
+# python3-venv: the virtual environment; python3-dev and build-essential: Python packages
+# without a wheel for this platform.
+system_packages=(python3 python3-venv python3-dev build-essential)
+missing=()
+for package in "${system_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing system packages: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "Python >= 3.11 is needed; $("$python" --version 2>&1) found (set PYTHON=...)" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".${extras}"
+echo "installed into .venv ($(.venv/bin/python --version))" >&2

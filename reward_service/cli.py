@@ -1,0 +1,214 @@
+"""The ``reward-service`` command line.
+
+Every field of :class:`reward_service.settings.Settings` is a flag of ``serve`` and ``score``
+(``--grpc-port``, ``--workers``, ...); a flag left out falls back to the environment variable
+``REWARD_SERVICE_<FIELD>``, then to the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from reward_service.settings import Settings
+
+log = logging.getLogger("reward_service")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("service settings (also REWARD_SERVICE_<NAME> variables)")
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = info.get_default(call_default_factory=False)
+        shown = "" if info.default_factory is not None else f" (default: {default})"
+        group.add_argument(flag, dest=name, default=None, help=f"{info.description}{shown}")
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    given = {n: getattr(args, n) for n in Settings.model_fields if getattr(args, n) is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise SystemExit(f"reward-service: invalid settings: {problems}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reward-service",
+        description="Verifiable rewards for RL of reasoning models, over gRPC and HTTP.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="Logging level (default: INFO).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="Run the gateway with an embedded worker pool (gRPC 50051, HTTP 8000).",
+        description="Run the gateway: gRPC and HTTP APIs in front of a local pool of verifier "
+        "worker processes (embedded mode, no Redis needed).",
+    )
+    _add_settings_flags(serve)
+
+    score = commands.add_parser(
+        "score",
+        help="Score a JSONL file of requests, in-process or against a running service.",
+        description="Read requests (one JSON object per line, as for POST /v1/score) and write "
+        "one result per line, in input order. Without --target the requests are scored "
+        "in-process by an embedded worker pool.",
+    )
+    score.add_argument("file", type=Path, help="JSONL file of requests ('-' for stdin).")
+    score.add_argument("-o", "--output", type=Path, help="Where to write results (stdout).")
+    score.add_argument("--target", help="gRPC address of a running service, e.g. localhost:50051.")
+    score.add_argument(
+        "--chunk-size", type=int, default=256, help="Requests sent per batch (default: 256)."
+    )
+    _add_settings_flags(score)
+
+    bench = commands.add_parser(
+        "bench",
+        help="Run the benchmarks and write docs/benchmarks.md.",
+        description="Run the benchmarks (math throughput vs direct math-verify, gateway "
+        "overhead over gRPC unary, gRPC stream and HTTP) and write the results as a Markdown "
+        "table and a JSON file.",
+    )
+    bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    bench.add_argument("--json", type=Path, default=Path("docs/benchmarks.json"))
+    bench.add_argument(
+        "--workers", type=int, default=None, help="Worker processes (default: CPU count)."
+    )
+    bench.add_argument("--quick", action="store_true", help="Fewer repetitions (smoke test).")
+    bench.add_argument(
+        "--only", help="Comma-separated benchmarks to run (math, overhead); default: all."
+    )
+    return parser
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    stream: IO[str] = sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            if line.strip():
+                yield number, line
+
+
+def _request_from_line(number: int, line: str) -> dict[str, Any] | str:
+    """The request object of one line, or the reason it is not one."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"line {number}: malformed JSON: {exc}"
+    if not isinstance(value, dict):
+        return f"line {number}: expected a JSON object, got {type(value).__name__}"
+    return value
+
+
+async def _score_file(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from reward_service.gateway.scoring import ScoreRequest
+    from reward_service.gateway.server import embedded_scorer
+    from trainer.client import AsyncRewardClient
+
+    lines = list(_read_lines(args.file))
+    out: IO[str] = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    counts: dict[str, int] = {}
+    progress = tqdm(total=len(lines), unit="req", file=sys.stderr, desc="scoring")
+
+    def emit(result: dict[str, Any]) -> None:
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+        out.write(json.dumps(result) + "\n")
+
+    async def run(score_chunk: Any) -> None:
+        for start in range(0, len(lines), args.chunk_size):
+            chunk = lines[start : start + args.chunk_size]
+            parsed = [_request_from_line(n, line) for n, line in chunk]
+            good = [p for p in parsed if isinstance(p, dict)]
+            scored = iter(await score_chunk(good) if good else [])
+            for item in parsed:
+                if isinstance(item, str):
+                    emit({"id": "", "reward": 0.0, "status": "invalid", "detail": item})
+                else:
+                    emit(next(scored))
+            progress.update(len(chunk))
+
+    try:
+        if args.target:
+            async with AsyncRewardClient(args.target) as client:
+
+                async def via_grpc(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                    results = await client.score_batch(items)
+                    return [
+                        {
+                            "id": r.id,
+                            "reward": r.reward,
+                            "status": r.status,
+                            **({"detail": r.detail} if r.detail else {}),
+                            **({"metrics": r.metrics} if r.metrics else {}),
+                        }
+                        for r in results
+                    ]
+
+                await run(via_grpc)
+        else:
+            async with embedded_scorer(settings) as scorer:
+
+                async def in_process(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                    requests = [
+                        ScoreRequest(
+                            domain=str(i.get("domain", "")),
+                            response=i.get("response", ""),
+                            reference=i.get("reference", {}),
+                            options=i.get("options", {}),
+                            truncated=bool(i.get("truncated", False)),
+                            id=str(i.get("id", "")),
+                        )
+                        for i in items
+                    ]
+                    return [r.to_json() for r in await scorer.score_many(requests)]
+
+                await run(in_process)
+    finally:
+        progress.close()
+        if args.output:
+            out.close()
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    print(f"scored {len(lines)} requests ({summary})", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        from reward_service.gateway.server import RewardServer
+
+        settings = _settings_from(args)
+        try:
+            asyncio.run(RewardServer(settings).serve_forever())
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise SystemExit(f"reward-service: {exc}") from None
+        return 0
+    if args.command == "score":
+        return asyncio.run(_score_file(args, _settings_from(args)))
+    if args.command == "bench":
+        from bench.runner import run_benchmarks
+
+        return run_benchmarks(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

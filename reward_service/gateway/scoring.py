@@ -1,0 +1,210 @@
+"""The transport-neutral core of the gateway: validate, route by domain, await, account.
+
+The gRPC and HTTP front ends translate their wire formats into :class:`ScoreRequest` and
+call :meth:`Scorer.score` / :meth:`Scorer.score_many`; everything that must behave the same on
+both transports (validation messages, budgets, deadlines, the termination penalty, metrics)
+lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from reward_service.metrics import ServiceMetrics
+from reward_service.settings import Settings
+from reward_service.verifiers.base import MetricValue, Status, Verdict, Verifier
+from reward_service.workers.pool import Job, WorkerPool
+
+
+class InvalidRequestError(ValueError):
+    """A request the service cannot score; the message says what is wrong with it."""
+
+
+@dataclass(slots=True)
+class ScoreRequest:
+    """One sample to score, as both transports hand it to the :class:`Scorer`."""
+
+    domain: str
+    response: str
+    reference: Mapping[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    truncated: bool = False
+    id: str = ""
+
+
+@dataclass(slots=True)
+class ScoreResult:
+    """The answer to one :class:`ScoreRequest` (the public result object)."""
+
+    id: str
+    reward: float
+    status: Status
+    detail: str | None = None
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "reward": self.reward, "status": self.status.value}
+        if self.detail:
+            data["detail"] = self.detail
+        if self.metrics:
+            data["metrics"] = self.metrics
+        return data
+
+
+def describe_validation_error(prefix: str, error: ValidationError) -> str:
+    """``reference.ground_truth: Field required; ...``: every problem, each with its place."""
+    problems = []
+    for item in error.errors(include_url=False):
+        place = ".".join(str(part) for part in (prefix, *item["loc"]))
+        problems.append(f"{place}: {item['msg']}")
+    return "; ".join(problems)
+
+
+class _DomainMetrics:
+    """Labelled metric children of one domain, looked up once instead of per request."""
+
+    def __init__(self, metrics: ServiceMetrics, domain: str) -> None:
+        self.statuses = {s: metrics.requests.labels(domain, s.value) for s in Status}
+        self.latency = metrics.latency.labels(domain)
+        self.inflight = metrics.inflight.labels(domain)
+
+
+class Scorer:
+    """Validates requests, sends them to the worker pool, and records what happened."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: WorkerPool,
+        verifiers: Mapping[str, type[Verifier]],
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.verifiers = dict(verifiers)
+        self.metrics = metrics
+        self._domain_metrics = {d: _DomainMetrics(metrics, d) for d in self.verifiers}
+        self._unknown_domain_metrics = _DomainMetrics(metrics, "unknown")
+
+    # ----------------------------------------------------------------------------- validation
+
+    def prepare(self, request: ScoreRequest, deadline: float) -> Job:
+        """Turn ``request`` into a :class:`Job`, or raise :class:`InvalidRequestError`."""
+        verifier = self.verifiers.get(request.domain)
+        if verifier is None:
+            known = ", ".join(sorted(self.verifiers))
+            raise InvalidRequestError(f"unknown domain {request.domain!r} (served here: {known})")
+        if not isinstance(request.response, str):
+            kind = type(request.response).__name__
+            raise InvalidRequestError(f"response must be a string, got {kind}")
+        if not isinstance(request.reference, Mapping):
+            raise InvalidRequestError(
+                f"reference must be an object, got {type(request.reference).__name__}"
+            )
+        try:
+            reference = verifier.reference_model.model_validate(request.reference)
+        except ValidationError as exc:
+            raise InvalidRequestError(describe_validation_error("reference", exc)) from None
+        try:
+            options = verifier.options_model.model_validate(request.options or {})
+        except ValidationError as exc:
+            raise InvalidRequestError(describe_validation_error("options", exc)) from None
+        budget = min(options.timeout_s or verifier.default_timeout_s, self.settings.max_timeout_s)
+        return Job(request.domain, request.response, reference, options, budget, deadline)
+
+    def deadline_for(self, client_deadline: float | None) -> float:
+        """The request's deadline: the client's, but never later than the server's default."""
+        server_deadline = time.monotonic() + self.settings.request_timeout_s
+        return server_deadline if client_deadline is None else min(client_deadline, server_deadline)
+
+    # ----------------------------------------------------------------------------- scoring
+
+    async def score(self, request: ScoreRequest, deadline: float | None = None) -> ScoreResult:
+        """Score one request; never raises for a bad request (status ``invalid`` instead)."""
+        return (await self.score_many([request], deadline))[0]
+
+    async def score_many(
+        self, requests: Sequence[ScoreRequest], deadline: float | None = None
+    ) -> list[ScoreResult]:
+        """Score requests concurrently; results in request order."""
+        started = time.monotonic()
+        effective_deadline = self.deadline_for(deadline)
+        pending: list[tuple[int, asyncio.Future[Verdict]]] = []
+        results: list[ScoreResult | None] = [None] * len(requests)
+        for index, request in enumerate(requests):
+            if not request.id:
+                request.id = uuid.uuid4().hex
+            domain_metrics = self._domain_metrics.get(request.domain)
+            if domain_metrics is not None:
+                domain_metrics.inflight.inc()
+            if request.truncated and self.settings.truncated_reward is not None:
+                results[index] = ScoreResult(
+                    request.id,
+                    self.settings.truncated_reward,
+                    Status.OK,
+                    "truncated response: termination penalty applied",
+                )
+                continue
+            try:
+                job = self.prepare(request, effective_deadline)
+            except InvalidRequestError as exc:
+                results[index] = ScoreResult(request.id, 0.0, Status.INVALID, str(exc))
+                continue
+            pending.append((index, self.pool.submit(job)))
+        if pending:
+            verdicts = await asyncio.gather(*(future for _, future in pending))
+            for (index, _), verdict in zip(pending, verdicts, strict=True):
+                results[index] = ScoreResult(
+                    requests[index].id,
+                    verdict.reward,
+                    verdict.status,
+                    verdict.detail,
+                    verdict.metrics,
+                )
+        elapsed = time.monotonic() - started
+        final: list[ScoreResult] = []
+        for request, result in zip(requests, results, strict=True):
+            assert result is not None
+            domain_metrics = self._domain_metrics.get(request.domain)
+            if domain_metrics is None:
+                domain_metrics = self._unknown_domain_metrics
+            else:
+                domain_metrics.inflight.dec()
+            domain_metrics.statuses[result.status].inc()
+            domain_metrics.latency.observe(elapsed)
+            final.append(result)
+        return final
+
+    # ----------------------------------------------------------------------------- discovery
+
+    def domain_info(self) -> list[dict[str, Any]]:
+        """What ``GET /v1/domains`` and ``ListDomains`` report for each served domain."""
+        return [
+            {
+                "name": name,
+                "description": verifier.description,
+                "default_timeout_s": verifier.default_timeout_s,
+                "reference_schema": verifier.reference_model.model_json_schema(),
+                "options_schema": verifier.options_model.model_json_schema(),
+            }
+            for name, verifier in sorted(self.verifiers.items())
+        ]
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    """Parse JSON text that must hold an object; :class:`InvalidRequestError` names ``what``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -1,0 +1,163 @@
+"""Assembles and runs the gateway: worker pool, scorer, gRPC and HTTP on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Mapping
+
+import uvicorn
+from grpc_health.v1 import health, health_pb2
+
+from reward_service.gateway.grpc_api import SERVICE_NAME, build_grpc_server
+from reward_service.gateway.http_api import build_http_app
+from reward_service.gateway.scoring import Scorer
+from reward_service.metrics import ServiceMetrics
+from reward_service.settings import Settings
+from reward_service.verifiers.base import Verifier
+from reward_service.verifiers.registry import load_verifiers
+from reward_service.workers.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+def served_verifiers(settings: Settings) -> dict[str, type[Verifier]]:
+    """The registry, restricted to ``settings.domains`` when that is set."""
+    registry = load_verifiers(settings.verifier_modules)
+    if not settings.domains:
+        return registry
+    unknown = sorted(set(settings.domains) - set(registry))
+    if unknown:
+        raise ValueError(
+            f"unknown domain(s) in --domains: {', '.join(unknown)} "
+            f"(registered: {', '.join(sorted(registry))})"
+        )
+    return {d: registry[d] for d in settings.domains}
+
+
+def build_pool(
+    settings: Settings, verifiers: Mapping[str, type[Verifier]], metrics: ServiceMetrics
+) -> WorkerPool:
+    """The embedded worker pool for ``verifiers``, configured from ``settings``."""
+    return WorkerPool(
+        workers=settings.workers,
+        domains=list(verifiers),
+        verifier_modules=settings.verifier_modules,
+        max_queued=settings.max_queued,
+        kill_grace_s=settings.kill_grace_s,
+        batch_target_s=settings.batch_target_s,
+        metrics=metrics,
+    )
+
+
+class RewardServer:
+    """One gateway instance in embedded mode. ``await start()``, then ``await stop()``.
+
+    After :meth:`start`, :attr:`grpc_port` and :attr:`http_port` hold the bound ports (useful
+    when the settings asked for port 0).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.verifiers = served_verifiers(settings)
+        self.pool = build_pool(settings, self.verifiers, self.metrics)
+        self.scorer = Scorer(settings, self.pool, self.verifiers, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.grpc_port = settings.grpc_port
+        self.http_port = settings.http_port
+        self._uvicorn: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc = None
+
+    def is_ready(self) -> bool:
+        return self.pool.running and self.pool.ready_workers > 0
+
+    async def start(self) -> None:
+        """Start workers, then gRPC and HTTP; on any failure, undo what was started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace_s=0)
+            raise
+
+    async def _start(self) -> None:
+        await self.pool.start()
+        host = self.settings.host
+        self._grpc, self.grpc_port = build_grpc_server(
+            self.scorer, self.health, f"{_grpc_host(host)}:{self.settings.grpc_port}"
+        )
+        await self._grpc.start()
+        # Bind the HTTP socket ourselves so that port 0 resolves before uvicorn starts.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, self.settings.http_port))
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            build_http_app(self.scorer, self.is_ready),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
+        while not self._uvicorn.started:
+            if self._http_task.done():
+                self._http_task.result()  # raises what stopped it
+            await asyncio.sleep(0.01)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "reward service ready: gRPC %s:%d, HTTP %s:%d, %d workers, domains %s",
+            host,
+            self.grpc_port,
+            host,
+            self.http_port,
+            self.settings.workers,
+            ", ".join(self.verifiers),
+        )
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking requests, let in-flight ones finish (up to ``grace_s``), then stop."""
+        await self.health.enter_graceful_shutdown()
+        if self._uvicorn is not None and self._uvicorn.started:
+            self._uvicorn.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s)
+        if self._http_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, max(grace_s, 1.0))
+        await self.pool.stop()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT or SIGTERM, then shut down gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@contextlib.asynccontextmanager
+async def embedded_scorer(settings: Settings) -> AsyncIterator[Scorer]:
+    """A :class:`Scorer` over a started worker pool, without network servers (``score``)."""
+    metrics = ServiceMetrics()
+    verifiers = served_verifiers(settings)
+    pool = build_pool(settings, verifiers, metrics)
+    await pool.start()
+    try:
+        yield Scorer(settings, pool, verifiers, metrics)
+    finally:
+        await pool.stop()

@@ -1,0 +1,79 @@
+"""Prometheus metrics of one service instance.
+
+Each instance owns its own :class:`~prometheus_client.CollectorRegistry` (no process-global
+state), so several servers can run in one process, as they do in the tests.
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# The *_created series double the exposition size and tell operators nothing here.
+prometheus_client.disable_created_metrics()
+
+# Rewards take from microseconds (reasoning_gym) to seconds (code), so the buckets span both.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class ServiceMetrics:
+    """The counters, gauges and histograms that operators scrape from ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "reward_service_requests",
+            "Scoring requests answered, by domain and status.",
+            ["domain", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "reward_service_request_duration_seconds",
+            "Time from receiving a scoring request to answering it, by domain.",
+            ["domain"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "reward_service_inflight_requests",
+            "Scoring requests received and not yet answered, by domain.",
+            ["domain"],
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "reward_service_queued_jobs",
+            "Jobs waiting for a worker process, by domain.",
+            ["domain"],
+            registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "reward_service_worker_restarts",
+            "Worker processes replaced, by reason (deadline kill, crash, startup failure).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.workers_alive = Gauge(
+            "reward_service_workers_ready",
+            "Worker processes started and ready to take work.",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format."""
+        return generate_latest(self.registry)

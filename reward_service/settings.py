@@ -1,0 +1,84 @@
+"""All configuration of the service in one typed object.
+
+Every field can be set by a CLI flag (see ``reward_service.cli``) or by an environment
+variable ``REWARD_SERVICE_<FIELD>`` (e.g. ``REWARD_SERVICE_HTTP_PORT=9000``); flags win.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration of the gateway and its embedded worker pool."""
+
+    model_config = SettingsConfigDict(env_prefix="REWARD_SERVICE_", extra="forbid")
+
+    # Network
+    host: str = Field("127.0.0.1", description="Address the gRPC and HTTP servers bind to.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+
+    # Workers
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Verifier worker processes of the embedded pool (default: one per CPU).",
+    )
+    domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Domains to serve, comma separated (default: every registered domain).",
+    )
+    verifier_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Python modules that register verifiers (plugins), comma separated.",
+    )
+
+    # Limits and deadlines
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="Largest accepted request body / message, in bytes."
+    )
+    max_batch_size: int = Field(4096, gt=0, description="Most requests in one batch call.")
+    max_queued: int = Field(
+        65536, gt=0, description="Most requests waiting for a worker; callers wait beyond it."
+    )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Deadline of a request that brings none of its own (gRPC deadlines win).",
+    )
+    max_timeout_s: float = Field(
+        60.0, gt=0, description="Largest per-sample compute budget a request may ask for."
+    )
+    kill_grace_s: float = Field(
+        0.5,
+        gt=0,
+        description="How long past its budget a verifier call may run before its process is "
+        "killed and replaced.",
+    )
+    batch_target_s: float = Field(
+        0.02,
+        gt=0,
+        description="Work handed to a worker at once, in seconds of estimated verifier time: "
+        "amortises the process round trip for cheap verifiers.",
+    )
+    truncated_reward: float | None = Field(
+        None,
+        description="Reward given to responses flagged truncated=true (the termination "
+        "penalty); unset scores them like any other response.",
+    )
+
+    @field_validator("domains", "verifier_modules", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)

@@ -1,0 +1,412 @@
+"""Python clients of the reward service over gRPC: sync and asyncio.
+
+Both clients offer unary :meth:`score`, :meth:`score_batch`, and a streaming session whose
+``submit()`` returns a future at once: submit each response the moment it finishes
+generating, do other work, then gather the results. A result's :attr:`ScoreResult.valid` is
+False for ``error`` and ``invalid`` results: mask those samples out of the loss instead of
+training on a fake 0.
+
+Example::
+
+    with RewardClient("localhost:50051") as client:
+        result = client.score("math", "... \\\\boxed{2}", {"ground_truth": "2"})
+        with client.session() as session:
+            futures = [session.submit("math", r, {"ground_truth": gt}) for r, gt in pairs]
+        rewards = [f.result().reward for f in futures]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from reward_service.v1 import reward_pb2, reward_pb2_grpc
+
+_STATUS_NAMES = {
+    reward_pb2.STATUS_OK: "ok",
+    reward_pb2.STATUS_INVALID: "invalid",
+    reward_pb2.STATUS_TIMEOUT: "timeout",
+    reward_pb2.STATUS_ERROR: "error",
+}
+_RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class RewardServiceError(RuntimeError):
+    """The call failed as a whole (transport failure, or a request the service refused)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """The service's answer for one sample."""
+
+    id: str
+    reward: float
+    status: str  # "ok" | "invalid" | "timeout" | "error"
+    detail: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        """Whether the trainer may learn from this reward (False: mask the sample)."""
+        return self.status in ("ok", "timeout")
+
+
+def build_request(
+    domain: str,
+    response: str,
+    reference: Mapping[str, Any] | None = None,
+    *,
+    options: Mapping[str, Any] | None = None,
+    truncated: bool = False,
+    id: str | None = None,
+) -> reward_pb2.ScoreRequest:
+    """A wire request. The reference travels as JSON text, which keeps every value exact."""
+    message = reward_pb2.ScoreRequest(
+        id=id or uuid.uuid4().hex,
+        domain=domain,
+        response=response,
+        json=json.dumps(dict(reference or {})),
+        truncated=truncated,
+    )
+    if options:
+        message.options.update(dict(options))
+    return message
+
+
+def _as_request(item: reward_pb2.ScoreRequest | Mapping[str, Any]) -> reward_pb2.ScoreRequest:
+    if isinstance(item, reward_pb2.ScoreRequest):
+        return item
+    return build_request(
+        str(item.get("domain", "")),
+        str(item.get("response", "")),
+        item.get("reference"),
+        options=item.get("options"),
+        truncated=bool(item.get("truncated", False)),
+        id=item.get("id"),
+    )
+
+
+def _from_proto(message: reward_pb2.ScoreResult) -> ScoreResult:
+    metrics = json_format.MessageToDict(message.metrics) if message.HasField("metrics") else {}
+    return ScoreResult(
+        id=message.id,
+        reward=message.reward,
+        status=_STATUS_NAMES.get(message.status, "error"),
+        detail=message.detail,
+        metrics=metrics,
+    )
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class RewardClient:
+    """Blocking client. Thread-safe; use one per process and close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout_s: float | None = 120.0,
+        retries: int = 2,
+        retry_backoff_s: float = 0.5,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self._channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+
+    def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=timeout_s or self.timeout_s)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in _RETRYABLE_CODES and attempt < self.retries:
+                    attempt += 1
+                    threading.Event().wait(self.retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                raise RewardServiceError(code, exc.details() or "") from None
+
+    def score(
+        self,
+        domain: str,
+        response: str,
+        reference: Mapping[str, Any] | None = None,
+        *,
+        options: Mapping[str, Any] | None = None,
+        truncated: bool = False,
+        id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ScoreResult:
+        """Score one response; :class:`RewardServiceError` (INVALID_ARGUMENT) if malformed."""
+        request = build_request(
+            domain, response, reference, options=options, truncated=truncated, id=id
+        )
+        return _from_proto(self._call(self._stub.Score, request, timeout_s))
+
+    def score_batch(
+        self,
+        requests: Sequence[reward_pb2.ScoreRequest | Mapping[str, Any]],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[ScoreResult]:
+        """Score many requests (dicts with the HTTP API's fields); results in order."""
+        batch = reward_pb2.ScoreBatchRequest(requests=[_as_request(r) for r in requests])
+        reply = self._call(self._stub.ScoreBatch, batch, timeout_s)
+        return [_from_proto(r) for r in reply.results]
+
+    def domains(self) -> list[str]:
+        reply = self._call(self._stub.ListDomains, reward_pb2.ListDomainsRequest(), None)
+        return [d.name for d in reply.domains]
+
+    def session(self, *, timeout_s: float | None = None) -> ScoreSession:
+        """A streaming session (use as a context manager)."""
+        return ScoreSession(self._stub, timeout_s or self.timeout_s)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_END = object()
+
+
+class ScoreSession:
+    """A bidirectional stream: :meth:`submit` returns a future that a reader thread resolves.
+
+    Leaving the ``with`` block waits for every submitted result. If the stream breaks, every
+    unresolved future gets the :class:`RewardServiceError`.
+    """
+
+    def __init__(self, stub: reward_pb2_grpc.RewardServiceStub, timeout_s: float | None) -> None:
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._futures: dict[str, concurrent.futures.Future[ScoreResult]] = {}
+        self._lock = threading.Lock()
+        self._call = stub.ScoreStream(self._requests(), timeout=timeout_s)
+        self._reader = threading.Thread(target=self._read, name="reward-session", daemon=True)
+        self._reader.start()
+
+    def _requests(self) -> Iterator[reward_pb2.ScoreRequest]:
+        while (item := self._outbox.get()) is not _END:
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for message in self._call:
+                with self._lock:
+                    future = self._futures.pop(message.id, None)
+                if future is not None:
+                    future.set_result(_from_proto(message))
+            error: Exception = RewardServiceError(
+                grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
+            )
+        except grpc.RpcError as exc:
+            error = RewardServiceError(exc.code(), exc.details() or "")
+        with self._lock:
+            pending, self._futures = list(self._futures.values()), {}
+        for future in pending:
+            future.set_exception(error)
+
+    def submit(
+        self,
+        domain: str,
+        response: str,
+        reference: Mapping[str, Any] | None = None,
+        *,
+        options: Mapping[str, Any] | None = None,
+        truncated: bool = False,
+        id: str | None = None,
+    ) -> concurrent.futures.Future[ScoreResult]:
+        """Send one request now; the future resolves when its result arrives."""
+        request = build_request(
+            domain, response, reference, options=options, truncated=truncated, id=id
+        )
+        future: concurrent.futures.Future[ScoreResult] = concurrent.futures.Future()
+        with self._lock:
+            if request.id in self._futures:
+                raise ValueError(f"request id {request.id!r} is already in flight")
+            self._futures[request.id] = future
+        self._outbox.put(request)
+        return future
+
+    def close(self) -> None:
+        """Finish sending and wait until every result has arrived."""
+        self._outbox.put(_END)
+        self._reader.join()
+
+    def __enter__(self) -> ScoreSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRewardClient:
+    """asyncio client; the same calls as :class:`RewardClient`, awaitable."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout_s: float | None = 120.0,
+        retries: int = 2,
+        retry_backoff_s: float = 0.5,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self._channel = grpc.aio.insecure_channel(
+            target, options=_channel_options(max_message_bytes)
+        )
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+
+    async def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=timeout_s or self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _RETRYABLE_CODES and attempt < self.retries:
+                    attempt += 1
+                    await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                raise RewardServiceError(exc.code(), exc.details() or "") from None
+
+    async def score(
+        self,
+        domain: str,
+        response: str,
+        reference: Mapping[str, Any] | None = None,
+        *,
+        options: Mapping[str, Any] | None = None,
+        truncated: bool = False,
+        id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ScoreResult:
+        request = build_request(
+            domain, response, reference, options=options, truncated=truncated, id=id
+        )
+        return _from_proto(await self._call(self._stub.Score, request, timeout_s))
+
+    async def score_batch(
+        self,
+        requests: Sequence[reward_pb2.ScoreRequest | Mapping[str, Any]],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[ScoreResult]:
+        batch = reward_pb2.ScoreBatchRequest(requests=[_as_request(r) for r in requests])
+        reply = await self._call(self._stub.ScoreBatch, batch, timeout_s)
+        return [_from_proto(r) for r in reply.results]
+
+    async def domains(self) -> list[str]:
+        reply = await self._call(self._stub.ListDomains, reward_pb2.ListDomainsRequest(), None)
+        return [d.name for d in reply.domains]
+
+    def session(self, *, timeout_s: float | None = None) -> AsyncScoreSession:
+        """A streaming session (use with ``async with``)."""
+        return AsyncScoreSession(self._stub, timeout_s or self.timeout_s)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncScoreSession:
+    """asyncio counterpart of :class:`ScoreSession`; ``submit()`` returns an asyncio future."""
+
+    def __init__(self, stub: reward_pb2_grpc.RewardServiceStub, timeout_s: float | None) -> None:
+        self._stub = stub
+        self._timeout_s = timeout_s
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._futures: dict[str, asyncio.Future[ScoreResult]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsyncScoreSession:
+        call = self._stub.ScoreStream(self._requests(), timeout=self._timeout_s)
+        self._reader = asyncio.create_task(self._read(call))
+        return self
+
+    async def _requests(self) -> AsyncIterator[reward_pb2.ScoreRequest]:
+        while (item := await self._outbox.get()) is not _END:
+            yield item
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for message in call:
+                future = self._futures.pop(message.id, None)
+                if future is not None and not future.done():
+                    future.set_result(_from_proto(message))
+            error: Exception = RewardServiceError(
+                grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = RewardServiceError(exc.code(), exc.details() or "")
+        pending, self._futures = list(self._futures.values()), {}
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+    def submit(
+        self,
+        domain: str,
+        response: str,
+        reference: Mapping[str, Any] | None = None,
+        *,
+        options: Mapping[str, Any] | None = None,
+        truncated: bool = False,
+        id: str | None = None,
+    ) -> asyncio.Future[ScoreResult]:
+        if self._reader is None:
+            raise RuntimeError("use the session as `async with client.session() as session`")
+        request = build_request(
+            domain, response, reference, options=options, truncated=truncated, id=id
+        )
+        if request.id in self._futures:
+            raise ValueError(f"request id {request.id!r} is already in flight")
+        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+        self._futures[request.id] = future
+        self._outbox.put_nowait(request)
+        return future
+
+    async def close(self) -> None:
+        """Finish sending and wait until every result has arrived."""
+        self._outbox.put_nowait(_END)
+        if self._reader is not None:
+            await self._reader
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
