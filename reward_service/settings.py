@@ -67,10 +67,17 @@ class Settings(BaseSettings):
         "killed and replaced.",
     )
     batch_target_s: float = Field(
-        0.02,
+        0.01,
         gt=0,
         description="Work handed to a worker at once, in seconds of estimated verifier time: "
         "amortises the process round trip for cheap verifiers.",
+    )
+    worker_memory_mb: int = Field(
+        4096,
+        ge=0,
+        description="Address-space limit of each verifier worker process in MiB (0: none); "
+        "an answer that makes sympy build a giant number fails with MemoryError instead of "
+        "taking the machine down.",
     )
     truncated_reward: float | None = Field(
         None,

@@ -197,6 +197,34 @@ class RewardClient:
 
 
 _END = object()
+# Requests submitted while the previous stream message was being sent travel together, up to
+# this many per message: a stream costs per message far more than per request.
+MAX_REQUESTS_PER_MESSAGE = 256
+
+
+def _coalesce(first: reward_pb2.ScoreRequest, more: list[Any]) -> tuple[Any, bool]:
+    """(stream message, whether the end marker was among ``more``)."""
+    requests = [first]
+    ended = False
+    for item in more:
+        if item is _END:
+            ended = True
+            break
+        requests.append(item)
+    return reward_pb2.ScoreStreamRequest(requests=requests), ended
+
+
+def _drain_nowait(get_nowait: Any, empty: type[Exception]) -> list[Any]:
+    items: list[Any] = []
+    while len(items) < MAX_REQUESTS_PER_MESSAGE - 1:
+        try:
+            item = get_nowait()
+        except empty:
+            break
+        items.append(item)
+        if item is _END:
+            break
+    return items
 
 
 class ScoreSession:
@@ -214,17 +242,21 @@ class ScoreSession:
         self._reader = threading.Thread(target=self._read, name="reward-session", daemon=True)
         self._reader.start()
 
-    def _requests(self) -> Iterator[reward_pb2.ScoreRequest]:
+    def _requests(self) -> Iterator[reward_pb2.ScoreStreamRequest]:
         while (item := self._outbox.get()) is not _END:
-            yield item
+            message, ended = _coalesce(item, _drain_nowait(self._outbox.get_nowait, queue.Empty))
+            yield message
+            if ended:
+                return
 
     def _read(self) -> None:
         try:
             for message in self._call:
-                with self._lock:
-                    future = self._futures.pop(message.id, None)
-                if future is not None:
-                    future.set_result(_from_proto(message))
+                for result in message.results:
+                    with self._lock:
+                        future = self._futures.pop(result.id, None)
+                    if future is not None:
+                        future.set_result(_from_proto(result))
             error: Exception = RewardServiceError(
                 grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
             )
@@ -360,16 +392,21 @@ class AsyncScoreSession:
         self._reader = asyncio.create_task(self._read(call))
         return self
 
-    async def _requests(self) -> AsyncIterator[reward_pb2.ScoreRequest]:
+    async def _requests(self) -> AsyncIterator[reward_pb2.ScoreStreamRequest]:
         while (item := await self._outbox.get()) is not _END:
-            yield item
+            more = _drain_nowait(self._outbox.get_nowait, asyncio.QueueEmpty)
+            message, ended = _coalesce(item, more)
+            yield message
+            if ended:
+                return
 
     async def _read(self, call: Any) -> None:
         try:
             async for message in call:
-                future = self._futures.pop(message.id, None)
-                if future is not None and not future.done():
-                    future.set_result(_from_proto(message))
+                for result in message.results:
+                    future = self._futures.pop(result.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(_from_proto(result))
             error: Exception = RewardServiceError(
                 grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
             )

@@ -134,20 +134,10 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 "(max_request_bytes)"
             )
 
-    async def _score_one(
-        self, message: reward_pb2.ScoreRequest, deadline: float | None
-    ) -> ScoreResult:
-        try:
-            self._check_size(message)
-            request = request_from_proto(message)
-        except InvalidRequestError as exc:
-            return ScoreResult(message.id, 0.0, Status.INVALID, str(exc))
-        return await self.scorer.score(request, deadline)
-
     async def Score(  # noqa: N802 - gRPC method names are fixed by the .proto
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreResult:
-        result = await self._score_one(request, _client_deadline(context))
+        result = await self._submit_one(request, _client_deadline(context))
         if result.status is Status.INVALID:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.detail or "invalid")
         return result_to_proto(result)
@@ -165,58 +155,66 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 "(max_batch_size)",
             )
         deadline = _client_deadline(context)
-        requests: list[ScoreRequest] = []
-        early: dict[int, ScoreResult] = {}
-        for index, message in enumerate(request.requests):
-            try:
-                self._check_size(message)
-                requests.append(request_from_proto(message))
-            except InvalidRequestError as exc:
-                early[index] = ScoreResult(message.id, 0.0, Status.INVALID, str(exc))
-        scored = iter(await self.scorer.score_many(requests, deadline) if requests else [])
-        results = [early[i] if i in early else next(scored) for i in range(count)]
+        results = await asyncio.gather(*(self._submit_one(m, deadline) for m in request.requests))
         return reward_pb2.ScoreBatchResponse(results=[result_to_proto(r) for r in results])
 
     async def ScoreStream(  # noqa: N802
         self,
-        request_iterator: AsyncIterator[reward_pb2.ScoreRequest],
+        request_iterator: AsyncIterator[reward_pb2.ScoreStreamRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[reward_pb2.ScoreResult]:
+    ) -> AsyncIterator[reward_pb2.ScoreStreamResponse]:
         deadline = _client_deadline(context)
-        finished: asyncio.Queue[ScoreResult | None] = asyncio.Queue()
-        window = asyncio.Semaphore(self.stream_window)  # bounds what one stream holds
-        tasks: set[asyncio.Task[ScoreResult]] = set()
+        ready: list[ScoreResult] = []
+        wake = asyncio.Event()
+        # Bounds what one stream may hold; reading pauses (and HTTP/2 flow control pushes
+        # back on the client) while the window is full.
+        window = asyncio.Semaphore(self.stream_window)
+        state = {"in_flight": 0, "reading": True}
 
-        def deliver(task: asyncio.Task[ScoreResult]) -> None:
-            tasks.discard(task)
+        def deliver(future: asyncio.Future[ScoreResult]) -> None:
+            ready.append(future.result())
+            state["in_flight"] -= 1
             window.release()
-            if not task.cancelled():
-                finished.put_nowait(task.result())
+            wake.set()
 
         async def read_requests() -> None:
             try:
                 async for message in request_iterator:
-                    await window.acquire()
-                    task = asyncio.create_task(self._score_one(message, deadline))
-                    tasks.add(task)
-                    task.add_done_callback(deliver)
-                if tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
+                    for item in message.requests:
+                        await window.acquire()
+                        state["in_flight"] += 1
+                        self._submit_one(item, deadline).add_done_callback(deliver)
             finally:
-                finished.put_nowait(None)
+                state["reading"] = False
+                wake.set()
 
         reader = asyncio.create_task(read_requests())
         try:
-            while (result := await finished.get()) is not None:
-                yield result_to_proto(result)
-            while not finished.empty():  # results that landed after the end marker
-                if (result := finished.get_nowait()) is not None:
-                    yield result_to_proto(result)
+            while True:
+                await wake.wait()
+                wake.clear()
+                if ready:
+                    results, ready[:] = list(ready), []
+                    yield reward_pb2.ScoreStreamResponse(
+                        results=[result_to_proto(r) for r in results]
+                    )
+                if not state["reading"] and state["in_flight"] == 0 and not ready:
+                    break
             await reader  # surfaces a broken request stream as an RPC error
         finally:
             reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+
+    def _submit_one(
+        self, message: reward_pb2.ScoreRequest, deadline: float | None
+    ) -> asyncio.Future[ScoreResult]:
+        try:
+            self._check_size(message)
+            request = request_from_proto(message)
+        except InvalidRequestError as exc:
+            future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+            future.set_result(ScoreResult(message.id, 0.0, Status.INVALID, str(exc)))
+            return future
+        return self.scorer.submit(request, deadline)
 
     async def ListDomains(  # noqa: N802
         self, request: reward_pb2.ListDomainsRequest, context: grpc.aio.ServicerContext

@@ -127,61 +127,68 @@ class Scorer:
 
     # ----------------------------------------------------------------------------- scoring
 
-    async def score(self, request: ScoreRequest, deadline: float | None = None) -> ScoreResult:
-        """Score one request; never raises for a bad request (status ``invalid`` instead)."""
-        return (await self.score_many([request], deadline))[0]
+    def submit(
+        self, request: ScoreRequest, deadline: float | None = None
+    ) -> asyncio.Future[ScoreResult]:
+        """Start scoring ``request``; the future resolves to its result, never to an exception
+        (a bad request resolves at once with status ``invalid``)."""
+        return self._submit(request, self.deadline_for(deadline), time.monotonic())
 
-    async def score_many(
-        self, requests: Sequence[ScoreRequest], deadline: float | None = None
-    ) -> list[ScoreResult]:
-        """Score requests concurrently; results in request order."""
-        started = time.monotonic()
-        effective_deadline = self.deadline_for(deadline)
-        pending: list[tuple[int, asyncio.Future[Verdict]]] = []
-        results: list[ScoreResult | None] = [None] * len(requests)
-        for index, request in enumerate(requests):
-            if not request.id:
-                request.id = uuid.uuid4().hex
-            domain_metrics = self._domain_metrics.get(request.domain)
-            if domain_metrics is not None:
-                domain_metrics.inflight.inc()
-            if request.truncated and self.settings.truncated_reward is not None:
-                results[index] = ScoreResult(
+    def _submit(
+        self, request: ScoreRequest, deadline: float, started: float
+    ) -> asyncio.Future[ScoreResult]:
+        if not request.id:
+            request.id = uuid.uuid4().hex
+        domain_metrics = self._domain_metrics.get(request.domain, self._unknown_domain_metrics)
+        domain_metrics.inflight.inc()
+        result_future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+
+        def finish(result: ScoreResult) -> None:
+            domain_metrics.inflight.dec()
+            domain_metrics.statuses[result.status].inc()
+            domain_metrics.latency.observe(time.monotonic() - started)
+            result_future.set_result(result)
+
+        if request.truncated and self.settings.truncated_reward is not None:
+            finish(
+                ScoreResult(
                     request.id,
                     self.settings.truncated_reward,
                     Status.OK,
                     "truncated response: termination penalty applied",
                 )
-                continue
-            try:
-                job = self.prepare(request, effective_deadline)
-            except InvalidRequestError as exc:
-                results[index] = ScoreResult(request.id, 0.0, Status.INVALID, str(exc))
-                continue
-            pending.append((index, self.pool.submit(job)))
-        if pending:
-            verdicts = await asyncio.gather(*(future for _, future in pending))
-            for (index, _), verdict in zip(pending, verdicts, strict=True):
-                results[index] = ScoreResult(
-                    requests[index].id,
-                    verdict.reward,
-                    verdict.status,
-                    verdict.detail,
-                    verdict.metrics,
+            )
+            return result_future
+        try:
+            job = self.prepare(request, deadline)
+        except InvalidRequestError as exc:
+            finish(ScoreResult(request.id, 0.0, Status.INVALID, str(exc)))
+            return result_future
+
+        def on_verdict(future: asyncio.Future[Verdict]) -> None:
+            verdict = future.result()
+            finish(
+                ScoreResult(
+                    request.id, verdict.reward, verdict.status, verdict.detail, verdict.metrics
                 )
-        elapsed = time.monotonic() - started
-        final: list[ScoreResult] = []
-        for request, result in zip(requests, results, strict=True):
-            assert result is not None
-            domain_metrics = self._domain_metrics.get(request.domain)
-            if domain_metrics is None:
-                domain_metrics = self._unknown_domain_metrics
-            else:
-                domain_metrics.inflight.dec()
-            domain_metrics.statuses[result.status].inc()
-            domain_metrics.latency.observe(elapsed)
-            final.append(result)
-        return final
+            )
+
+        self.pool.submit(job).add_done_callback(on_verdict)
+        return result_future
+
+    async def score(self, request: ScoreRequest, deadline: float | None = None) -> ScoreResult:
+        """Score one request; never raises for a bad request (status ``invalid`` instead)."""
+        return await self.submit(request, deadline)
+
+    async def score_many(
+        self, requests: Sequence[ScoreRequest], deadline: float | None = None
+    ) -> list[ScoreResult]:
+        """Score requests concurrently under one deadline; results in request order."""
+        started = time.monotonic()
+        effective_deadline = self.deadline_for(deadline)
+        return list(
+            await asyncio.gather(*(self._submit(r, effective_deadline, started) for r in requests))
+        )
 
     # ----------------------------------------------------------------------------- discovery
 

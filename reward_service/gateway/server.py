@@ -49,6 +49,7 @@ def build_pool(
         max_queued=settings.max_queued,
         kill_grace_s=settings.kill_grace_s,
         batch_target_s=settings.batch_target_s,
+        memory_mb=settings.worker_memory_mb,
         metrics=metrics,
     )
 

@@ -46,8 +46,8 @@ class RewardServiceStub:
                 _registered_method=True)
         self.ScoreStream = channel.stream_stream(
                 '/reward_service.v1.RewardService/ScoreStream',
-                request_serializer=reward__service_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
-                response_deserializer=reward__service_dot_v1_dot_reward__pb2.ScoreResult.FromString,
+                request_serializer=reward__service_dot_v1_dot_reward__pb2.ScoreStreamRequest.SerializeToString,
+                response_deserializer=reward__service_dot_v1_dot_reward__pb2.ScoreStreamResponse.FromString,
                 _registered_method=True)
         self.ListDomains = channel.unary_unary(
                 '/reward_service.v1.RewardService/ListDomains',
@@ -76,7 +76,9 @@ class RewardServiceServicer:
 
     def ScoreStream(self, request_iterator, context):
         """Submit responses as they finish generating; each result is sent as soon as it is ready,
-        out of order, keyed by the request id.
+        out of order, keyed by the request id. Each message may carry several requests (a
+        client sends whatever was submitted since its last write) and several results (those
+        that finished together): per-message cost, not per-request cost, dominates a stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,8 +106,8 @@ def add_RewardServiceServicer_to_server(servicer, server):
             ),
             'ScoreStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ScoreStream,
-                    request_deserializer=reward__service_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
-                    response_serializer=reward__service_dot_v1_dot_reward__pb2.ScoreResult.SerializeToString,
+                    request_deserializer=reward__service_dot_v1_dot_reward__pb2.ScoreStreamRequest.FromString,
+                    response_serializer=reward__service_dot_v1_dot_reward__pb2.ScoreStreamResponse.SerializeToString,
             ),
             'ListDomains': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDomains,
@@ -192,8 +194,8 @@ class RewardService:
             request_iterator,
             target,
             '/reward_service.v1.RewardService/ScoreStream',
-            reward__service_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
-            reward__service_dot_v1_dot_reward__pb2.ScoreResult.FromString,
+            reward__service_dot_v1_dot_reward__pb2.ScoreStreamRequest.SerializeToString,
+            reward__service_dot_v1_dot_reward__pb2.ScoreStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import time
 import traceback
@@ -42,6 +43,12 @@ def _die_with_parent() -> None:
         pass
 
 
+def _limit_memory(megabytes: int) -> None:
+    if megabytes > 0:
+        limit = megabytes * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _on_alarm(signum: int, frame: Any) -> None:
     raise VerifierTimeout
 
@@ -56,6 +63,8 @@ def _run_one(verifier: Verifier, item: WorkItem) -> Verdict:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except VerifierTimeout:
         return Verdict(0.0, Status.TIMEOUT, f"scoring exceeded its budget of {budget_s:g} s")
+    except MemoryError:
+        return Verdict(0.0, Status.TIMEOUT, "scoring ran out of memory (worker_memory_mb)")
     except Exception as exc:  # a verifier bug is an infrastructure failure, not a 0 reward
         return Verdict(0.0, Status.ERROR, f"verifier raised {type(exc).__name__}: {exc}")
 
@@ -66,13 +75,16 @@ def main(
     domains: list[str],
     verifier_modules: list[str],
     configs: dict[str, dict[str, Any]],
+    memory_mb: int = 0,
 ) -> None:
     """Serve batches from ``conn`` until it closes or the parent sends ``None``.
 
     ``progress`` is a shared ``double[2]``: the index of the running item in the current batch
-    (-1 when idle) and its start time on the ``time.monotonic`` clock.
+    (-1 when idle) and its start time on the ``time.monotonic`` clock. ``memory_mb`` caps the
+    process's address space (0: no cap).
     """
     _die_with_parent()
+    _limit_memory(memory_mb)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:

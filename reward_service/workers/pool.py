@@ -83,7 +83,14 @@ class _Worker:
         self.progress[0] = -1.0
         self.process = pool.context.Process(
             target=child.main,
-            args=(child_conn, self.progress, pool.domains, pool.verifier_modules, pool.configs),
+            args=(
+                child_conn,
+                self.progress,
+                pool.domains,
+                pool.verifier_modules,
+                pool.configs,
+                pool.memory_mb,
+            ),
             name=f"reward-worker-{slot}",
             daemon=True,
         )
@@ -149,6 +156,7 @@ class WorkerPool:
         max_queued: int = 65536,
         kill_grace_s: float = 0.5,
         batch_target_s: float = 0.01,
+        memory_mb: int = 0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         if workers < 1:
@@ -160,6 +168,7 @@ class WorkerPool:
         self.max_queued = max_queued
         self.kill_grace_s = kill_grace_s
         self.batch_target_s = batch_target_s
+        self.memory_mb = memory_mb
         self.metrics = metrics
         # Forkserver, not fork: the gateway process runs gRPC threads, which must not be forked.
         self.context = multiprocessing.get_context("forkserver")
