@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import socket
 import statistics
 import time
 from typing import Any
@@ -43,9 +42,8 @@ def _init_direct(kind: str) -> None:
 def _direct_call(args: tuple[str, str, str]) -> float:
     kind, response, truth = args
     if kind == "verifier":
-        from reward_service.verifiers.math import MathReference
-
         from reward_service.verifiers.base import VerifierOptions
+        from reward_service.verifiers.math import MathReference
 
         verdict = _verifier.verify(response, MathReference(ground_truth=truth), VerifierOptions())
         return verdict.reward
@@ -157,12 +155,7 @@ def bench_overhead(workers: int, quick: bool) -> dict[str, Any]:
             out["grpc_stream_1024_p99_ms"] = percentile(durations, 99) * 1e3
             out["grpc_stream_1024_max_ms"] = max(durations) * 1e3
 
-        # httpx writes headers and body separately; without TCP_NODELAY, Nagle's algorithm
-        # and the server's delayed ACK add 40 ms to every request.
-        transport = httpx.HTTPTransport(
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-        )
-        with httpx.Client(base_url=service.http_url, transport=transport) as http:
+        with httpx.Client(base_url=service.http_url) as http:
             body = {"domain": "noop", "response": "x"}
             for _ in range(200):
                 http.post("/v1/score", json=body)

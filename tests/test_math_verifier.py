@@ -158,9 +158,15 @@ def test_math_equivalence(
     assert verdict.reward == expected, verdict.metrics
 
 
-def test_metrics_name_the_extracted_answer_and_each_grader(verifier: MathVerifier) -> None:
+def test_metrics_name_the_extracted_answer_and_the_grader_that_matched(
+    verifier: MathVerifier,
+) -> None:
     verdict = score(verifier, boxed("\\dfrac{1}{2}"), "0.5")
-    assert verdict.metrics == {"extracted": "\\dfrac{1}{2}", "math_verify": True, "prm800k": True}
+    assert verdict.metrics == {"extracted": "\\dfrac{1}{2}", "matched_by": "prm800k"}
+    verdict = score(verifier, boxed("3\\cdot10^5"), "300000")  # PRM800K's integer rule says no
+    assert verdict.metrics == {"extracted": "3\\cdot10^5", "matched_by": "math_verify"}
+    verdict = score(verifier, boxed("7"), "8")
+    assert verdict.metrics == {"extracted": "7", "matched_by": "none"}
 
 
 def test_missing_answer_says_why(verifier: MathVerifier) -> None:
