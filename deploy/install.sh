@@ -16,8 +16,9 @@ case "${1:-}" in
 esac
 
 # python3-venv: the virtual environment; python3-dev and build-essential: Python packages
-# without a wheel for this platform.
-system_packages=(python3 python3-venv python3-dev build-essential)
+# without a wheel for this platform, and g++ for C++ submissions; bubblewrap: the code
+# sandbox, which runs submissions with the system's /usr/bin/python3; util-linux: setpriv.
+system_packages=(python3 python3-venv python3-dev build-essential bubblewrap util-linux)
 missing=()
 for package in "${system_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -79,11 +79,33 @@ class Settings(BaseSettings):
         "an answer that makes sympy build a giant number fails with MemoryError instead of "
         "taking the machine down.",
     )
+    sandbox_backend: str = Field(
+        "bwrap", description="Sandbox backend of the code domain: bwrap or docker."
+    )
+    sandbox_memory_mb: int = Field(
+        1024, gt=0, description="Address-space limit of each sandboxed process, in MiB."
+    )
+    sandbox_tmpfs_mb: int = Field(
+        64, gt=0, description="Writable space of each sandbox (a private tmpfs), in MiB."
+    )
     truncated_reward: float | None = Field(
         None,
         description="Reward given to responses flagged truncated=true (the termination "
         "penalty); unset scores them like any other response.",
     )
+
+    def verifier_configs(self) -> dict[str, dict[str, Any]]:
+        """The per-domain configuration handed to each verifier's constructor."""
+        return {
+            "code": {
+                "sandbox_backend": self.sandbox_backend,
+                "max_timeout_s": self.max_timeout_s,
+                "sandbox_limits": {
+                    "memory_mb": self.sandbox_memory_mb,
+                    "tmpfs_mb": self.sandbox_tmpfs_mb,
+                },
+            }
+        }
 
     @field_validator("domains", "verifier_modules", mode="before")
     @classmethod

@@ -117,7 +117,7 @@ class Scorer:
             options = verifier.options_model.model_validate(request.options or {})
         except ValidationError as exc:
             raise InvalidRequestError(describe_validation_error("options", exc)) from None
-        budget = min(options.timeout_s or verifier.default_timeout_s, self.settings.max_timeout_s)
+        budget = verifier.worker_budget_s(reference, options, self.settings.max_timeout_s)
         return Job(request.domain, request.response, reference, options, budget, deadline)
 
     def deadline_for(self, client_deadline: float | None) -> float:

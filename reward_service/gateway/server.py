@@ -46,6 +46,7 @@ def build_pool(
         workers=settings.workers,
         domains=list(verifiers),
         verifier_modules=settings.verifier_modules,
+        configs=settings.verifier_configs(),
         max_queued=settings.max_queued,
         kill_grace_s=settings.kill_grace_s,
         batch_target_s=settings.batch_target_s,

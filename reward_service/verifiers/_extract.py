@@ -60,3 +60,16 @@ def _braced(text: str) -> str | None:
                 return text[1:i]
         i += 1
     return None
+
+
+_FENCE_RE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.M | re.S)
+
+
+def last_fenced_block(text: str) -> tuple[str, str] | None:
+    """``(language tag, code)`` of the last fenced code block (```` ``` ````, with or without a
+    language tag) in ``text``, or ``None``. The tag is lower-cased, "" when absent."""
+    blocks = _FENCE_RE.findall(text)
+    if not blocks:
+        return None
+    tag, code = blocks[-1]
+    return tag.lower(), code

@@ -79,6 +79,16 @@ class Verifier:
         """``config`` is the domain's section of the server settings (may be empty)."""
         self.config = config or {}
 
+    @classmethod
+    def worker_budget_s(cls, reference: Any, options: Any, max_timeout_s: float) -> float:
+        """Seconds the worker lets one :meth:`verify` call run before stopping it.
+
+        By default the request's ``options.timeout_s`` or :attr:`default_timeout_s`, capped by
+        the server's maximum. A verifier that enforces a budget of its own (code runs its tests
+        under one) returns more, so that its own limit is the one that answers.
+        """
+        return min(options.timeout_s or cls.default_timeout_s, max_timeout_s)
+
     def setup(self) -> None:
         """Warm up once per worker process (load models, fill caches). Default: nothing."""
 

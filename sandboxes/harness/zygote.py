@@ -1,0 +1,730 @@
+"""The in-sandbox test harness: a small, long-lived "zygote" that forks per submission/test.
+
+It runs INSIDE the sandbox (bubblewrap or a container) under the system's ``python3 -I -S``,
+so it uses the standard library only and lives in one file. The worker outside talks to it
+over four pipes:
+
+- fd 0 (control in): framed JSON requests, one per submission;
+- fd 1 (control out): framed JSON replies: per-test outputs, compile errors, timing;
+- the tests fd (``--tests-fd``, default 3): assertion-style test code, read ONLY by the
+  checker process;
+- the verdicts fd (``--verdicts-fd``, default 4): assertion-style verdicts, written ONLY by the
+  checker process.
+
+Trust rules (what makes verdicts unforgeable):
+
+- Expected outputs of stdin/stdout and call-based tests never enter the sandbox: the program's
+  raw outputs go back and the worker compares them outside.
+- For assertion-style tests the untrusted code ("the candidate", process A) and the test code
+  ("the checker", process B) run in different processes. B gets the test code from fd 3 and
+  calls A's functions through a pipe, receiving return values as plain data (no objects with
+  a custom ``__eq__``); only B can write to fd 4. A closes fds 3 and 4 before running anything,
+  was forked before the test code existed anywhere in the sandbox, and cannot reopen them or
+  read B's memory: the zygote and B are not dumpable, so /proc/<pid>/fd, /proc/<pid>/mem and
+  ptrace are closed to other processes of the same user.
+- After each submission every process the submission left behind is killed (``kill(-1)`` from
+  the zygote: every process of the sandbox except bwrap's init and the zygote itself), and its
+  working directory is deleted.
+"""
+
+import builtins
+import contextlib
+import ctypes
+import io
+import json
+import math
+import os
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import time
+import traceback
+
+CONTROL_IN, CONTROL_OUT = 0, 1
+TESTS_IN, VERDICTS_OUT = 3, 4  # overridden by --tests-fd / --verdicts-fd
+HEADER = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024
+PR_SET_DUMPABLE = 4
+STDERR_TAIL = 2000
+MAX_DEPTH = 64
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def read_exact(fd, size):
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd):
+    (size,) = HEADER.unpack(read_exact(fd, HEADER.size))
+    if size > MAX_FRAME:
+        raise ValueError(f"frame too large: {size} bytes")
+    return json.loads(read_exact(fd, size))
+
+
+def write_frame(fd, obj):
+    data = json.dumps(obj).encode()
+    view = memoryview(HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# ----------------------------------------------------------------------------- plain data
+
+
+class UnsupportedValueError(Exception):
+    pass
+
+
+def encode(value, depth=0):
+    """Plain data as JSON-able tagged values; anything else (custom classes, functions,
+    objects overriding __eq__) is refused, so that comparisons only ever see plain data."""
+    if depth > MAX_DEPTH:
+        raise UnsupportedValueError(f"nested deeper than {MAX_DEPTH} levels")
+    kind = type(value)
+    if value is None or kind is bool or kind is str:
+        return value
+    if kind is int:
+        return value if abs(value) < 2**53 else {"t": "int", "v": str(value)}
+    if kind is float:
+        if math.isfinite(value):
+            return {"t": "float", "v": value} if value.is_integer() else value
+        return {"t": "float", "v": repr(value)}
+    if kind is list:
+        return [encode(v, depth + 1) for v in value]
+    if kind is tuple:
+        return {"t": "tuple", "v": [encode(v, depth + 1) for v in value]}
+    if kind is set or kind is frozenset:
+        return {"t": kind.__name__, "v": [encode(v, depth + 1) for v in value]}
+    if kind is dict:
+        return {
+            "t": "dict",
+            "v": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()],
+        }
+    if kind is bytes:
+        return {"t": "bytes", "v": value.hex()}
+    if kind is complex:
+        return {"t": "complex", "v": [value.real, value.imag]}
+    raise UnsupportedValueError(
+        f"values of type {kind.__name__} cannot leave the candidate process"
+    )
+
+
+def decode(value):
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    tag, payload = value["t"], value["v"]
+    if tag == "int":
+        return int(payload)
+    if tag == "float":
+        return float(payload)
+    if tag == "tuple":
+        return tuple(decode(v) for v in payload)
+    if tag == "set":
+        return {decode(v) for v in payload}
+    if tag == "frozenset":
+        return frozenset(decode(v) for v in payload)
+    if tag == "dict":
+        return {decode(k): decode(v) for k, v in payload}
+    if tag == "bytes":
+        return bytes.fromhex(payload)
+    if tag == "complex":
+        return complex(*payload)
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def not_dumpable():
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def close_fds_except(keep):
+    for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def apply_limits(limits, cpu_seconds):
+    def cap(which, value):
+        resource.setrlimit(which, (value, value))
+
+    cap(resource.RLIMIT_AS, limits["memory_mb"] * 1024 * 1024)
+    cap(resource.RLIMIT_NPROC, limits["nproc"])
+    cap(resource.RLIMIT_FSIZE, limits["fsize_mb"] * 1024 * 1024)
+    cap(resource.RLIMIT_NOFILE, limits["nofile"])
+    cap(resource.RLIMIT_CPU, max(1, math.ceil(cpu_seconds)))
+    cap(resource.RLIMIT_CORE, 0)
+
+
+def reset_signals():
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGPIPE,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+    ):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def fresh_std_streams():
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(1, "w", closefd=False)), line_buffering=False
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, "w", closefd=False)), line_buffering=True
+    )
+
+
+def kill_group(pid):
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def reap(pid):
+    try:
+        _, status = os.waitpid(pid, 0)
+        return status
+    except ChildProcessError:
+        return 0
+
+
+def describe_exit(status):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by {name}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
+def run_child(target, stdin_data, deadline, limits, output_bytes, extra_fds=None):
+    """Fork a child that calls ``target()`` with stdin/stdout/stderr on pipes; feed it
+    ``stdin_data``, collect stdout (up to ``output_bytes``) and a stderr tail, kill it at
+    ``deadline``. Returns a result dict for one test."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setpgid(0, 0)
+            reset_signals()
+            os.dup2(in_r, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            close_fds_except({0, 1, 2} | set(extra_fds or ()))
+            apply_limits(limits, deadline - time.monotonic() + 1)
+            fresh_std_streams()
+            code = target()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    pending_in = memoryview(stdin_data)
+    if not pending_in:
+        os.close(in_w)
+        in_w = -1
+    else:
+        os.set_blocking(in_w, False)
+    out, err = bytearray(), bytearray()
+    status = "ok"
+    poller = select.poll()
+    watched = {out_r: out, err_r: err}
+    for fd in watched:
+        poller.register(fd, select.POLLIN)
+    if in_w >= 0:
+        poller.register(in_w, select.POLLOUT)
+    while watched:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            status = "timeout"
+            break
+        for fd, _ in poller.poll(remaining * 1000):
+            if fd == in_w:
+                try:
+                    pending_in = pending_in[os.write(in_w, pending_in[:65536]) :]
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:  # the program stopped reading its input: its choice
+                    pending_in = pending_in[:0]
+                if not pending_in:
+                    poller.unregister(in_w)
+                    os.close(in_w)
+                    in_w = -1
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                poller.unregister(fd)
+                del watched[fd]
+                continue
+            buffer = watched[fd]
+            buffer += chunk
+            if fd == out_r and len(buffer) > output_bytes:
+                status = "output_limit"
+                watched.clear()
+                break
+            if fd == err_r:
+                del buffer[:-STDERR_TAIL]
+    # Closing stdout is not exiting: wait for the exit itself, still within the deadline.
+    exit_status = wait_until(pid, deadline) if status == "ok" else None
+    if status == "ok" and exit_status is None:
+        status = "timeout"
+    kill_group(pid)  # also whatever the test started in its process group
+    if exit_status is None:
+        exit_status = reap(pid)
+    for fd in (out_r, err_r, in_w):
+        if fd >= 0:
+            os.close(fd)
+    elapsed = time.monotonic() - started
+    if status == "ok" and exit_status != 0:
+        status = "runtime_error"
+        if os.WIFSIGNALED(exit_status) and os.WTERMSIG(exit_status) == signal.SIGXCPU:
+            status = "timeout"
+    return {
+        "status": status,
+        "stdout": bytes(out[:output_bytes]).decode("utf-8", "replace"),
+        "stderr": bytes(err).decode("utf-8", "replace"),
+        "exit": describe_exit(exit_status),
+        "time_s": round(elapsed, 6),
+    }
+
+
+# ----------------------------------------------------------------------------- test payloads
+
+
+def python_main(code):
+    def run():
+        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+        try:
+            exec(compile(code, "solution.py", "exec"), namespace)
+        except SystemExit as exc:
+            sys.stdout.flush()
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            sys.stdout.flush()
+            return 1
+        sys.stdout.flush()
+        return 0
+
+    return run
+
+
+def resolve_callable(namespace, fn_name):
+    """``fn_name`` at module level, or as a method of ``Solution`` (LeetCode style)."""
+    if fn_name in namespace and callable(namespace[fn_name]):
+        return namespace[fn_name]
+    solution = namespace.get("Solution")
+    if isinstance(solution, type) and hasattr(solution, fn_name):
+        return getattr(solution(), fn_name)
+    raise NameError(f"the code defines no function or Solution method named {fn_name!r}")
+
+
+def python_call(code, fn_name, args_json):
+    def run():
+        namespace = {"__name__": "solution", "__builtins__": __builtins__}
+        args = json.loads(args_json)
+        if not isinstance(args, list):
+            args = [args]
+        try:
+            exec(compile(code, "solution.py", "exec"), namespace)
+            value = resolve_callable(namespace, fn_name)(*args)
+            if isinstance(value, tuple):
+                value = list(value)
+            line = json.dumps({"result": encode(value)})
+        except SystemExit:
+            traceback.print_exc()
+            return 1
+        except BaseException:
+            traceback.print_exc()
+            return 1
+        sys.stdout.flush()
+        # The result goes last, after a NUL line, so that the program's own prints cannot be
+        # mistaken for it (they are compared nowhere; the worker takes the last record only).
+        os.write(1, b"\n\0RESULT\0" + line.encode())
+        return 0
+
+    return run
+
+
+def exec_binary(path):
+    def run():
+        os.execv(path, [path])
+
+    return run
+
+
+# ----------------------------------------------------------------------------- assertion tests
+
+
+def candidate_process(code, a_in, a_out, limits, deadline):
+    """Process A: runs the untrusted code once, then serves calls from the checker."""
+    os.setpgid(0, 0)
+    reset_signals()
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    err_r = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(err_r, 2)
+    close_fds_except({0, 1, 2, a_in, a_out})
+    apply_limits(limits, deadline - time.monotonic() + 1)
+    fresh_std_streams()
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        exec(compile(code, "solution.py", "exec"), namespace)
+    except BaseException:
+        traceback.print_exc()
+        write_frame(
+            a_out,
+            {
+                "error": "the solution failed to load: "
+                + traceback.format_exc(limit=3)[-STDERR_TAIL:]
+            },
+        )
+        os._exit(1)
+    names = sorted(
+        n
+        for n, v in namespace.items()
+        if callable(v) and not n.startswith("__") and not isinstance(v, type(sys))
+    )
+    write_frame(a_out, {"names": names})
+    while True:
+        try:
+            request = read_frame(a_in)
+        except (EOFError, OSError):
+            os._exit(0)
+        try:
+            args = decode(request["args"])
+            kwargs = decode(request["kwargs"])
+            value = namespace[request["name"]](*args, **kwargs)
+            reply = {"value": encode(value)}
+        except SystemExit as exc:
+            reply = {"exception": "SystemExit", "message": str(exc.code)}
+        except BaseException as exc:  # the checker decides what an exception means
+            reply = {"exception": type(exc).__name__, "message": str(exc)[:500]}
+        try:
+            write_frame(a_out, reply)
+        except Exception:
+            os._exit(1)
+
+
+class CandidateError(Exception):
+    pass
+
+
+def checker_process(submission_id, a_in, a_out, entry_point, deadline):
+    """Process B: gets the test code from fd 3, runs it against proxies of A's functions,
+    and reports one verdict per test statement on fd 4."""
+    not_dumpable()
+    os.setpgid(0, 0)
+    reset_signals()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a dead candidate fails tests, not us
+    close_fds_except({TESTS_IN, VERDICTS_OUT, a_in, a_out, 2})
+    while True:
+        frame = read_frame(TESTS_IN)
+        if frame["id"] == submission_id:
+            break  # older frames belong to submissions whose checker never ran
+    test_code = frame["test_code"]
+    import ast
+
+    def report(tests, error=None):
+        write_frame(VERDICTS_OUT, {"id": submission_id, "tests": tests, "error": error})
+
+    ready, _, _ = select.select([a_out], [], [], max(0.0, deadline - time.monotonic()))
+    hello = read_frame(a_out) if ready else {"error": "the solution did not load in time"}
+    if "error" in hello:
+        report([], hello["error"])
+        return
+
+    def call(name):
+        def proxy(*args, **kwargs):
+            write_frame(a_in, {"name": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([a_out], [], [], max(0.0, remaining))
+            if not ready:
+                raise CandidateError("the solution did not answer before the deadline")
+            reply = read_frame(a_out)
+            if "exception" in reply:
+                builtin = getattr(builtins, reply["exception"], None)
+                if isinstance(builtin, type) and issubclass(builtin, Exception):
+                    raise builtin(reply["message"])
+                raise CandidateError("{}: {}".format(reply["exception"], reply["message"]))
+            return decode(reply["value"])
+
+        proxy.__name__ = name
+        return proxy
+
+    proxies = {name: call(name) for name in hello["names"]}
+    tree = ast.parse(test_code)
+    check = next(
+        (node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "check"),
+        None,
+    )
+    namespace = {"__name__": "__checker__"}
+    namespace.update(proxies)
+    setup = [node for node in tree.body if node is not check]
+    statements = check.body if check is not None else []
+    if check is None:  # MBPP style: top-level asserts
+        statements, setup = setup, []
+    if entry_point:
+        if entry_point not in proxies:
+            report([], f"the solution defines no function named {entry_point!r}")
+            return
+        namespace["candidate"] = proxies[entry_point]
+    submission_names = set(proxies) | {"candidate"}
+
+    def is_test(node):
+        has_assert = any(isinstance(n, ast.Assert) for n in ast.walk(node))
+        uses_solution = any(
+            isinstance(n, ast.Name) and n.id in submission_names for n in ast.walk(node)
+        )
+        return has_assert and uses_solution
+
+    try:
+        exec(compile(ast.Module(body=setup, type_ignores=[]), "tests.py", "exec"), namespace)
+    except Exception as exc:
+        report([], f"the test code failed to load: {type(exc).__name__}: {exc}")
+        return
+    tests = []
+    for node in statements:
+        code = compile(ast.Module(body=[node], type_ignores=[]), "tests.py", "exec")
+        counted = is_test(node)
+        if time.monotonic() >= deadline:
+            if counted:
+                tests.append({"passed": False, "error": "deadline reached before this test"})
+            continue
+        try:
+            exec(code, namespace)
+            if counted:
+                tests.append({"passed": True})
+        except Exception as exc:
+            if counted:
+                tests.append(
+                    {
+                        "passed": False,
+                        "error": (f"{type(exc).__name__}: {exc}")[:500],
+                        "line": node.lineno,
+                    }
+                )
+    if check is not None and not any(is_test(n) for n in statements):
+        tests = [{"passed": True}]  # a check() without counted statements is one test
+    report(tests)
+
+
+def run_assert_tests(request, limits, deadline):
+    a_in_r, a_in_w = os.pipe()  # checker -> candidate
+    a_out_r, a_out_w = os.pipe()  # candidate -> checker
+    candidate = os.fork()
+    if candidate == 0:
+        try:
+            os.close(a_in_w)
+            os.close(a_out_r)
+            candidate_process(request["code"], a_in_r, a_out_w, limits, deadline)
+        finally:
+            os._exit(1)
+    checker = os.fork()
+    if checker == 0:
+        try:
+            os.close(a_in_r)
+            os.close(a_out_w)
+            checker_limits = dict(limits, memory_mb=max(limits["memory_mb"], 1024))
+            resource.setrlimit(resource.RLIMIT_AS, (checker_limits["memory_mb"] << 20,) * 2)
+            checker_process(request["id"], a_in_w, a_out_r, request.get("entry_point"), deadline)
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+    for fd in (a_in_r, a_in_w, a_out_r, a_out_w):
+        os.close(fd)
+    timed_out = wait_until(checker, deadline) is None
+    if timed_out:
+        kill_group(checker)
+    kill_group(candidate)
+    reap(checker)
+    reap(candidate)
+    stderr = ""
+    try:
+        with open("stderr.txt", "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - STDERR_TAIL))
+            stderr = handle.read().decode("utf-8", "replace")
+    except OSError:
+        pass
+    return {"timed_out": timed_out, "stderr": stderr}
+
+
+def wait_until(pid, deadline):
+    """Wait for ``pid`` to exit and return its wait status; None if the deadline came first
+    (the process is then still running, and still ours to kill and reap)."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.0005)
+
+
+# ----------------------------------------------------------------------------- submissions
+
+
+def compile_cpp(code, limits, compile_timeout_s):
+    with open("solution.cpp", "w") as handle:
+        handle.write(code)
+    compiler_limits = dict(
+        limits,
+        memory_mb=max(limits["memory_mb"], 2048),
+        nproc=max(limits["nproc"], 16),
+        fsize_mb=max(limits["fsize_mb"], 64),
+    )
+    args = ["/usr/bin/g++", "-std=c++17", "-O2", "-pipe", "-o", "solution", "solution.cpp"]
+
+    def run():
+        os.execv(args[0], args)
+
+    result = run_child(run, b"", time.monotonic() + compile_timeout_s, compiler_limits, 1 << 16)
+    if result["status"] == "ok":
+        return None
+    if result["status"] == "timeout":
+        return f"compilation exceeded {compile_timeout_s:g} s"
+    return (result["stderr"] or result["exit"])[-STDERR_TAIL:]
+
+
+def run_submission(request):
+    limits = request["limits"]
+    started = time.monotonic()
+    deadline = started + request["budget_s"]
+    per_test = request.get("test_time_limit_s")
+    output_bytes = limits["output_bytes"]
+    reply = {"id": request["id"], "tests": [], "compile_error": None, "timed_out": False}
+    language, mode = request["language"], request["mode"]
+    if language == "cpp":
+        error = compile_cpp(request["code"], limits, request.get("compile_timeout_s", 10.0))
+        if error is not None:
+            reply["compile_error"] = error
+            return reply
+        deadline = time.monotonic() + request["budget_s"]  # compilation is not run time
+    elif mode != "assert":
+        try:
+            compile(request["code"], "solution.py", "exec")
+        except (SyntaxError, ValueError) as exc:
+            reply["compile_error"] = f"{type(exc).__name__}: {exc}"
+            return reply
+    if mode == "assert":
+        reply.update(run_assert_tests(request, limits, deadline))
+    else:
+        for test_input in request["inputs"]:
+            now = time.monotonic()
+            if now >= deadline:
+                reply["timed_out"] = True
+                break
+            test_deadline = deadline if per_test is None else min(deadline, now + per_test)
+            if language == "cpp":
+                target = exec_binary(os.path.abspath("solution"))
+            elif mode == "call":
+                target = python_call(request["code"], request["fn_name"], test_input)
+            else:
+                target = python_main(request["code"])
+            data = test_input.encode() if mode == "stdio" else b""
+            result = run_child(target, data, test_deadline, limits, output_bytes)
+            if result["status"] == "timeout" and time.monotonic() >= deadline:
+                reply["timed_out"] = True
+            reply["tests"].append(result)
+    reply["elapsed_s"] = round(time.monotonic() - started, 6)
+    return reply
+
+
+def cleanup(workdir, own_pid_namespace):
+    """Kill everything the submission left (all processes but init and us) and its files.
+
+    ``kill(-1)`` reaches every process we may signal; that is only the submission's leftovers
+    when this sandbox has a PID namespace of its own (we are its init, or init's child).
+    """
+    if own_pid_namespace:
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                break
+        except ChildProcessError:
+            break
+    os.chdir("/tmp")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main():
+    global TESTS_IN, VERDICTS_OUT
+    args = sys.argv[1:]
+    if "--tests-fd" in args:
+        TESTS_IN = int(args[args.index("--tests-fd") + 1])
+    if "--verdicts-fd" in args:
+        VERDICTS_OUT = int(args[args.index("--verdicts-fd") + 1])
+    own_pid_namespace = "--own-pid-namespace" in sys.argv and (
+        os.getpid() == 1 or os.getppid() == 1
+    )
+    not_dumpable()
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGPIPE,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    ):
+        signal.signal(sig, signal.SIG_IGN)
+    write_frame(
+        CONTROL_OUT,
+        {
+            "ready": True,
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "own_pid_namespace": own_pid_namespace,
+        },
+    )
+    while True:
+        try:
+            request = read_frame(CONTROL_IN)
+        except EOFError:
+            return
+        workdir = f"/tmp/s{request['id']}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        os.makedirs(workdir, mode=0o700)
+        os.chdir(workdir)
+        try:
+            reply = run_submission(request)
+        except Exception:
+            reply = {"id": request["id"], "harness_error": traceback.format_exc()[-STDERR_TAIL:]}
+        cleanup(workdir, own_pid_namespace)
+        write_frame(CONTROL_OUT, reply)
+
+
+if __name__ == "__main__":
+    main()
