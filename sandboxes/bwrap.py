@@ -115,6 +115,7 @@ class BwrapSandbox(Sandbox):
             "--proc", "/proc",
             "--dev", "/dev",
             "--size", str(self.limits.tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
+            "--remount-ro", "/",  # the root bwrap builds is a tmpfs: freeze it
             "--chdir", "/tmp",
             "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin",

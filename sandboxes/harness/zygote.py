@@ -662,10 +662,13 @@ def run_submission(request):
 
 
 def cleanup(workdir, own_pid_namespace):
-    """Kill everything the submission left (all processes but init and us) and its files.
+    """Kill everything the submission left (all processes but init and us) and delete every
+    file it could write (the whole of /tmp and /dev/shm), so that nothing reaches the next.
 
-    ``kill(-1)`` reaches every process we may signal; that is only the submission's leftovers
-    when this sandbox has a PID namespace of its own (we are its init, or init's child).
+    ``kill(-1)`` reaches every process we may signal, and /tmp is the host's own unless we are
+    sandboxed: both are only done when this sandbox has a PID namespace (and so, with our
+    backends, a mount namespace) of its own: we are its init, or init's child. Otherwise only
+    the submission's working directory goes.
     """
     if own_pid_namespace:
         with contextlib.suppress(OSError):
@@ -677,7 +680,21 @@ def cleanup(workdir, own_pid_namespace):
         except ChildProcessError:
             break
     os.chdir("/tmp")
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not own_pid_namespace:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for scratch in ("/tmp", "/dev/shm"):
+        try:
+            entries = os.listdir(scratch)
+        except OSError:
+            continue
+        for name in entries:
+            path = os.path.join(scratch, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def main():
