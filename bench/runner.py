@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.code import bench_code
 from bench.gateway import bench_math, bench_overhead
 
 
@@ -96,10 +97,56 @@ def render(results: dict[str, Any]) -> str:
             f"{overhead['http_p99_ms']:.2f} ms | |",
             "",
         ]
+    code = results.get("code")
+    if code:
+        verl = code.get("verl", {})
+        speedup = code.get("speedup_vs_verl")
+        lines += [
+            "## Code: HumanEval canonical solutions through the service",
+            "",
+            f"All {code['problems']} HumanEval canonical solutions, {code['rounds']} rounds, "
+            f"submitted at once on one gRPC stream to a `reward-service serve --domains code` "
+            f"process with {code['workers']} workers, each running its submissions in its own "
+            f"bubblewrap sandbox (all of a submission's tests inside it). *Assertion format*: "
+            f"the original `check(candidate)` code, run in a checker process apart from the "
+            f"solution. *Call format*: the {code['converted_problems']} problems whose checks "
+            f"are all `assert candidate(args) == value`, converted to call-based tests (verl "
+            f"`prime_code`'s input/output format). Every solution scored 1.0. Latency is "
+            f"sequential single `Score` calls; overhead is that latency minus the tests' own "
+            f"run time without a sandbox in one warm interpreter (all {code['problems']} "
+            f"together: {code['own_run_time_total_s'] * 1e3:.0f} ms).",
+            "",
+            "| measure | value | target |",
+            "|---|---:|---|",
+            f"| throughput, assertion format | {code['assert_per_s']:.0f} submissions/s | "
+            f">= 250/s: {_verdict(code['assert_per_s'] >= 250)} |",
+            f"| throughput, call format | {code['call_per_s']:.0f} submissions/s | |",
+            f"| latency under that load, p50 / p99 | {code['loaded_latency_p50_ms']:.0f} / "
+            f"{code['loaded_latency_p99_ms']:.0f} ms | |",
+            f"| latency, one at a time, p50 / p99 | {code['latency_p50_ms']:.1f} / "
+            f"{code['latency_p99_ms']:.1f} ms | |",
+            f"| sandbox + service overhead per submission, p50 / p99 | "
+            f"{code['overhead_p50_ms']:.1f} / {code['overhead_p99_ms']:.1f} ms | p50 <= 5 ms: "
+            f"{_verdict(code['overhead_p50_ms'] <= 5.0)} |",
+        ]
+        if "per_s" in verl:
+            lines.append(
+                f"| verl {verl['verl_version']} `prime_code`, same {verl['problems']} problems "
+                f"(call format), same process count | {verl['per_s']:.1f} submissions/s | "
+                f"service >= 10x: {_verdict(bool(speedup and speedup >= 10))} "
+                f"({speedup:.1f}x) |"
+            )
+        else:
+            lines.append(f"| verl `prime_code` | {verl.get('error')} | >= 10x: not measured |")
+        lines.append("")
     return "\n".join(lines)
 
 
-BENCHMARKS = {"math": bench_math, "overhead": bench_overhead}
+BENCHMARKS = {
+    "math": lambda args, workers: bench_math(workers, args.quick),
+    "overhead": lambda args, workers: bench_overhead(workers, args.quick),
+    "code": lambda args, workers: bench_code(workers, args.quick, args.verl_python),
+}
 
 
 def run_benchmarks(args: argparse.Namespace) -> int:
@@ -118,7 +165,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         results.update({k: v for k, v in previous.items() if k in BENCHMARKS})
     for name in selected:
         print(f"running {name} ...", file=sys.stderr)
-        results[name] = BENCHMARKS[name](workers, args.quick)
+        results[name] = BENCHMARKS[name](args, workers)
         print(json.dumps(results[name], indent=2), file=sys.stderr)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="Run the benchmarks and write docs/benchmarks.md.",
         description="Run the benchmarks (math throughput vs direct math-verify, gateway "
-        "overhead over gRPC unary, gRPC stream and HTTP) and write the results as a Markdown "
-        "table and a JSON file.",
+        "overhead over gRPC unary, gRPC stream and HTTP, code sandbox throughput and overhead "
+        "on HumanEval) and write the results as a Markdown table and a JSON file.",
     )
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     bench.add_argument("--json", type=Path, default=Path("docs/benchmarks.json"))
@@ -89,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="Fewer repetitions (smoke test).")
     bench.add_argument(
-        "--only", help="Comma-separated benchmarks to run (math, overhead); default: all."
+        "--only", help="Comma-separated benchmarks to run (math, overhead, code); default: all."
+    )
+    bench.add_argument(
+        "--verl-python",
+        help="A Python interpreter with verl installed: adds verl's prime_code scorer to the "
+        "code benchmark (verl stays out of the service's environment).",
     )
     return parser
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import humaneval
+from bench import humaneval
 from tests.conftest import ServerThread, running_server
 from trainer.client import RewardClient
 
@@ -35,3 +35,12 @@ def test_every_broken_variant_scores_below_one(server: ServerThread) -> None:
     assert [r.status for r in results] == ["ok"] * len(problems)
     too_high = [(r.id, r.reward) for r in results if r.reward >= 1.0]
     assert too_high == []
+
+
+def test_canonical_solutions_pass_their_call_based_conversion(server: ServerThread) -> None:
+    converted = [(p, humaneval.call_tests(p)) for p in humaneval.problems()]
+    requests = [humaneval.call_request(p, tests) for p, tests in converted if tests]
+    assert len(requests) > 130
+    with RewardClient(server.grpc_target) as client:
+        results = client.score_batch(requests)
+    assert [(r.id, r.detail) for r in results if r.reward != 1.0] == []

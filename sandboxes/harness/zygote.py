@@ -583,13 +583,20 @@ def run_assert_tests(request, limits, deadline):
 def wait_until(pid, deadline):
     """Wait for ``pid`` to exit and return its wait status; None if the deadline came first
     (the process is then still running, and still ours to kill and reap)."""
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.0005)
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            poller.poll(remaining * 1000)
+    finally:
+        os.close(pidfd)
 
 
 # ----------------------------------------------------------------------------- submissions
@@ -697,8 +704,35 @@ def cleanup(workdir, own_pid_namespace):
                     os.unlink(path)
 
 
+# Imported once here, so that every forked test finds them loaded: most solutions and test
+# files import some of these, and an import in each fork would cost more than the test.
+PRELOADED = (
+    "ast",
+    "bisect",
+    "collections",
+    "copy",
+    "dataclasses",
+    "decimal",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "math",
+    "operator",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "typing",
+)
+
+
 def main():
     global TESTS_IN, VERDICTS_OUT
+    for name in PRELOADED:
+        with contextlib.suppress(ImportError):
+            __import__(name)
     args = sys.argv[1:]
     if "--tests-fd" in args:
         TESTS_IN = int(args[args.index("--tests-fd") + 1])
