@@ -222,7 +222,8 @@ class BwrapSandbox(Sandbox):
         )
         if submission.mode == "assert" and result.compile_error is None:
             if verdict is None:
-                result.assert_error = "the checker process gave no verdict (it was killed)"
+                checker_exit = reply.get("checker_exit", "unknown")
+                result.assert_error = f"the checker process gave no verdict ({checker_exit})"
             else:
                 result.assert_verdicts = verdict["tests"]
                 result.assert_error = verdict.get("error")

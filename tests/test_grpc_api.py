@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import grpc
@@ -157,3 +158,33 @@ async def test_options_struct_reaches_the_verifier(server: ServerThread) -> None
     assert result.status == "timeout" and result.reward == 0.0
     assert "budget of 0.3 s" in result.detail
     await asyncio.sleep(0)
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_session_futures_fail_when_the_stream_breaks_even_if_submitted_later() -> None:
+    # Nothing listens on the port: the stream fails at once, possibly before the first submit.
+    with RewardClient(f"127.0.0.1:{_unused_port()}", timeout_s=5) as client:
+        session = client.session()
+        first = session.submit("test_echo", "x")
+        with pytest.raises(RewardServiceError):
+            first.result(timeout=10)
+        later = session.submit("test_echo", "y")
+        with pytest.raises(RewardServiceError, match="UNAVAILABLE"):
+            later.result(timeout=2)
+        session.close()
+
+
+async def test_async_session_futures_fail_when_the_stream_breaks() -> None:
+    async with AsyncRewardClient(f"127.0.0.1:{_unused_port()}", timeout_s=5) as client:
+        async with client.session() as session:
+            first = session.submit("test_echo", "x")
+            with pytest.raises(RewardServiceError):
+                await asyncio.wait_for(first, 10)
+            later = session.submit("test_echo", "y")
+            with pytest.raises(RewardServiceError, match="UNAVAILABLE"):
+                await asyncio.wait_for(later, 2)

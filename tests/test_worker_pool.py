@@ -131,3 +131,29 @@ async def test_a_verifier_that_cannot_start_is_reported() -> None:
     pool = WorkerPool(workers=1, domains=["test_echo"], verifier_modules=["no.such.module"])
     with pytest.raises(RuntimeError, match="No module named 'no'"):
         await pool.start(timeout_s=20)
+
+
+async def test_a_worker_found_dead_while_dispatching_loses_no_job(pool: WorkerPool) -> None:
+    # A worker that died while idle is only noticed when a batch sent to it fails. The jobs
+    # are requeued and handed to the others, and no worker may be sent a second batch over
+    # the first (that batch's jobs would never be answered).
+    dead = pool._workers[-1]  # the idle worker that dispatching picks first
+    assert dead is not None and dead.idle
+    dead.process.kill()
+    for _ in range(500):  # wait for it to die without letting the event loop see the EOF
+        try:
+            with open(f"/proc/{dead.process.pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:  # already reaped (by the forkserver, its parent)
+            break
+        time.sleep(0.01)
+    # Many jobs queued while both workers look idle: the state a requeue leaves behind.
+    jobs = [echo(i / 40) for i in range(40)]
+    for queued in jobs:
+        queued.future = asyncio.get_running_loop().create_future()
+        pool._enqueue(queued, at_head=False)
+    pool._dispatch()
+    verdicts = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 10)
+    assert [v.reward for v in verdicts] == [i / 40 for i in range(40)]
+    assert all(v.status is Status.OK for v in verdicts)

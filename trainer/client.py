@@ -238,6 +238,8 @@ class ScoreSession:
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._futures: dict[str, concurrent.futures.Future[ScoreResult]] = {}
         self._lock = threading.Lock()
+        # Set once the stream is over: later submits fail at once instead of waiting forever.
+        self._error: Exception | None = None
         self._call = stub.ScoreStream(self._requests(), timeout=timeout_s)
         self._reader = threading.Thread(target=self._read, name="reward-session", daemon=True)
         self._reader.start()
@@ -250,6 +252,9 @@ class ScoreSession:
                 return
 
     def _read(self) -> None:
+        error: Exception = RewardServiceError(
+            grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
+        )
         try:
             for message in self._call:
                 for result in message.results:
@@ -257,15 +262,14 @@ class ScoreSession:
                         future = self._futures.pop(result.id, None)
                     if future is not None:
                         future.set_result(_from_proto(result))
-            error: Exception = RewardServiceError(
-                grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
-            )
         except grpc.RpcError as exc:
             error = RewardServiceError(exc.code(), exc.details() or "")
-        with self._lock:
-            pending, self._futures = list(self._futures.values()), {}
-        for future in pending:
-            future.set_exception(error)
+        finally:
+            with self._lock:
+                self._error = error
+                pending, self._futures = list(self._futures.values()), {}
+            for future in pending:
+                future.set_exception(error)
 
     def submit(
         self,
@@ -283,6 +287,9 @@ class ScoreSession:
         )
         future: concurrent.futures.Future[ScoreResult] = concurrent.futures.Future()
         with self._lock:
+            if self._error is not None:  # the stream is over: nobody would resolve it
+                future.set_exception(self._error)
+                return future
             if request.id in self._futures:
                 raise ValueError(f"request id {request.id!r} is already in flight")
             self._futures[request.id] = future
@@ -386,6 +393,8 @@ class AsyncScoreSession:
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._futures: dict[str, asyncio.Future[ScoreResult]] = {}
         self._reader: asyncio.Task[None] | None = None
+        # Set once the stream is over: later submits fail at once instead of waiting forever.
+        self._error: Exception | None = None
 
     async def __aenter__(self) -> AsyncScoreSession:
         call = self._stub.ScoreStream(self._requests(), timeout=self._timeout_s)
@@ -401,21 +410,23 @@ class AsyncScoreSession:
                 return
 
     async def _read(self, call: Any) -> None:
+        error: Exception = RewardServiceError(
+            grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
+        )
         try:
             async for message in call:
                 for result in message.results:
                     future = self._futures.pop(result.id, None)
                     if future is not None and not future.done():
                         future.set_result(_from_proto(result))
-            error: Exception = RewardServiceError(
-                grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
-            )
         except grpc.aio.AioRpcError as exc:
             error = RewardServiceError(exc.code(), exc.details() or "")
-        pending, self._futures = list(self._futures.values()), {}
-        for future in pending:
-            if not future.done():
-                future.set_exception(error)
+        finally:
+            self._error = error
+            pending, self._futures = list(self._futures.values()), {}
+            for future in pending:
+                if not future.done():
+                    future.set_exception(error)
 
     def submit(
         self,
@@ -432,9 +443,12 @@ class AsyncScoreSession:
         request = build_request(
             domain, response, reference, options=options, truncated=truncated, id=id
         )
+        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+        if self._error is not None:  # the stream is over: nobody would resolve it
+            future.set_exception(self._error)
+            return future
         if request.id in self._futures:
             raise ValueError(f"request id {request.id!r} is already in flight")
-        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
         self._futures[request.id] = future
         self._outbox.put_nowait(request)
         return future

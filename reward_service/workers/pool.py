@@ -292,7 +292,10 @@ class WorkerPool:
                 try:
                     worker.send(batch)
                 except OSError:
+                    # It requeues the batch and dispatches again with a fresh idle list; going
+                    # on with ours would send a second batch over one just sent, losing it.
                     self._on_worker_lost(worker, killed=False)
+                    return
         if self.metrics is not None:
             for domain, queue in self._queues.items():
                 self.metrics.queued.labels(domain).set(len(queue))

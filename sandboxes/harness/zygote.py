@@ -38,6 +38,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import sys
 import time
@@ -222,29 +223,17 @@ def describe_exit(status):
     return f"exit code {os.WEXITSTATUS(status)}"
 
 
-def run_child(target, stdin_data, deadline, limits, output_bytes, extra_fds=None):
-    """Fork a child that calls ``target()`` with stdin/stdout/stderr on pipes; feed it
-    ``stdin_data``, collect stdout (up to ``output_bytes``) and a stderr tail, kill it at
-    ``deadline``. Returns a result dict for one test."""
+def run_child(spawner, target, stdin_data, deadline, limits, output_bytes):
+    """Start a child that runs ``target`` (see :func:`make_target`) with stdin/stdout/stderr
+    on pipes; feed it ``stdin_data``, collect stdout (up to ``output_bytes``) and a stderr
+    tail, kill it at ``deadline``. Returns a result dict for one test."""
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setpgid(0, 0)
-            reset_signals()
-            os.dup2(in_r, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            close_fds_except({0, 1, 2} | set(extra_fds or ()))
-            apply_limits(limits, deadline - time.monotonic() + 1)
-            fresh_std_streams()
-            code = target()
-        except BaseException:
-            code = 1
-        os._exit(code)
+    pid = spawner.spawn(
+        "test", {"target": target, "limits": limits, "deadline": deadline}, [in_r, out_w, err_w]
+    )
     for fd in (in_r, out_w, err_w):
         os.close(fd)
     pending_in = memoryview(stdin_data)
@@ -319,22 +308,19 @@ def run_child(target, stdin_data, deadline, limits, output_bytes, extra_fds=None
 # ----------------------------------------------------------------------------- test payloads
 
 
-def python_main(code):
-    def run():
-        namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-        try:
-            exec(compile(code, "solution.py", "exec"), namespace)
-        except SystemExit as exc:
-            sys.stdout.flush()
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            sys.stdout.flush()
-            return 1
+def run_python_main(code):
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        exec(compile(code, "solution.py", "exec"), namespace)
+    except SystemExit as exc:
         sys.stdout.flush()
-        return 0
-
-    return run
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        return 1
+    sys.stdout.flush()
+    return 0
 
 
 def resolve_callable(namespace, fn_name):
@@ -347,38 +333,141 @@ def resolve_callable(namespace, fn_name):
     raise NameError(f"the code defines no function or Solution method named {fn_name!r}")
 
 
-def python_call(code, fn_name, args_json):
-    def run():
-        namespace = {"__name__": "solution", "__builtins__": __builtins__}
-        args = json.loads(args_json)
-        if not isinstance(args, list):
-            args = [args]
+def run_python_call(code, fn_name, args_json):
+    namespace = {"__name__": "solution", "__builtins__": __builtins__}
+    args = json.loads(args_json)
+    if not isinstance(args, list):
+        args = [args]
+    try:
+        exec(compile(code, "solution.py", "exec"), namespace)
+        value = resolve_callable(namespace, fn_name)(*args)
+        if isinstance(value, tuple):
+            value = list(value)
+        line = json.dumps({"result": encode(value)})
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    sys.stdout.flush()
+    # The result goes last, after a NUL line, so that the program's own prints cannot be
+    # mistaken for it (they are compared nowhere; the worker takes the last record only).
+    os.write(1, b"\n\0RESULT\0" + line.encode())
+    return 0
+
+
+def run_target(target):
+    """Run a test target described as data: what a spare process is told to become."""
+    kind = target["kind"]
+    if kind == "python_main":
+        return run_python_main(target["code"])
+    if kind == "python_call":
+        return run_python_call(target["code"], target["fn_name"], target["args"])
+    os.execv(target["argv"][0], target["argv"])
+    return 127
+
+
+def become(role, params, fds):
+    """Turn this freshly forked process (or spare) into ``role``; never returns."""
+    code = 1
+    try:
+        os.chdir(params["cwd"])  # a spare was forked before the submission's directory existed
+        if role == "test":
+            in_r, out_w, err_w = fds
+            os.setpgid(0, 0)
+            reset_signals()
+            os.dup2(in_r, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            close_fds_except({0, 1, 2})
+            apply_limits(params["limits"], params["deadline"] - time.monotonic() + 1)
+            fresh_std_streams()
+            code = run_target(params["target"])
+        elif role == "candidate":
+            candidate_process(params["code"], fds[0], fds[1], params["limits"], params["deadline"])
+        elif role == "checker":
+            resource.setrlimit(resource.RLIMIT_AS, (params["memory_mb"] << 20,) * 2)
+            checker_process(params["id"], fds[0], fds[1], params["entry_point"], params["deadline"])
+            code = 0
+    except BaseException:
+        code = 1
+    os._exit(code if isinstance(code, int) else 1)
+
+
+class Spawner:
+    """Starts a submission's processes. Forking costs about a millisecond here, so while the
+    zygote is idle it forks ``SPARES`` blank children ahead of time; a spare is told what to
+    become (role, parameters and the pipe fds, passed over a unix socket) when needed.
+    Spares are forked between submissions, so they hold nothing of the next one."""
+
+    SPARES = 2
+
+    def __init__(self):
+        self.spares = []  # (pid, socket)
+
+    def refill(self):
+        while len(self.spares) < self.SPARES:
+            ours, theirs = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                self._wait_for_role(theirs)
+            theirs.close()
+            self.spares.append((pid, ours))
+
+    @staticmethod
+    def _wait_for_role(sock):
         try:
-            exec(compile(code, "solution.py", "exec"), namespace)
-            value = resolve_callable(namespace, fn_name)(*args)
-            if isinstance(value, tuple):
-                value = list(value)
-            line = json.dumps({"result": encode(value)})
-        except SystemExit:
-            traceback.print_exc()
-            return 1
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+            while 0 < len(data) < HEADER.size:
+                data += sock.recv(HEADER.size)
+            if not data:
+                os._exit(0)
+            (size,) = HEADER.unpack(data[: HEADER.size])
+            data = data[HEADER.size :]
+            while len(data) < size:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    os._exit(0)
+                data += chunk
+            sock.close()
+            message = json.loads(data)
         except BaseException:
-            traceback.print_exc()
-            return 1
-        sys.stdout.flush()
-        # The result goes last, after a NUL line, so that the program's own prints cannot be
-        # mistaken for it (they are compared nowhere; the worker takes the last record only).
-        os.write(1, b"\n\0RESULT\0" + line.encode())
-        return 0
+            os._exit(1)
+        become(message["role"], message["params"], fds)
 
-    return run
+    def spawn(self, role, params, fds):
+        """Start ``role`` with ``fds`` (which the caller then closes); returns its pid."""
+        params = dict(params, cwd=os.getcwd())
+        while self.spares:
+            pid, sock = self.spares.pop()
+            data = json.dumps({"role": role, "params": params}).encode()
+            frame = HEADER.pack(len(data)) + data
+            try:
+                socket.send_fds(sock, [frame[: 1 << 15]], fds)
+            except OSError:  # the spare is gone: forget it and try the next
+                kill_group(pid)
+                reap(pid)
+                sock.close()
+                continue
+            # From here the spare owns the role: never start a second process for it (the
+            # spare may already have read its frame and closed the socket, so a failing
+            # send of the rest means it dies, which the caller sees like any death).
+            with contextlib.suppress(OSError):
+                if len(frame) > 1 << 15:
+                    sock.sendall(frame[1 << 15 :])
+            sock.close()
+            return pid
+        pid = os.fork()
+        if pid == 0:
+            for _, sock in self.spares:
+                sock.close()
+            become(role, params, fds)
+        return pid
 
-
-def exec_binary(path):
-    def run():
-        os.execv(path, [path])
-
-    return run
+    def forget(self):
+        """Drop spares that the cleanup killed."""
+        for _, sock in self.spares:
+            sock.close()
+        self.spares = []
 
 
 # ----------------------------------------------------------------------------- assertion tests
@@ -538,36 +627,32 @@ def checker_process(submission_id, a_in, a_out, entry_point, deadline):
     report(tests)
 
 
-def run_assert_tests(request, limits, deadline):
+def run_assert_tests(spawner, request, limits, deadline):
     a_in_r, a_in_w = os.pipe()  # checker -> candidate
     a_out_r, a_out_w = os.pipe()  # candidate -> checker
-    candidate = os.fork()
-    if candidate == 0:
-        try:
-            os.close(a_in_w)
-            os.close(a_out_r)
-            candidate_process(request["code"], a_in_r, a_out_w, limits, deadline)
-        finally:
-            os._exit(1)
-    checker = os.fork()
-    if checker == 0:
-        try:
-            os.close(a_in_r)
-            os.close(a_out_w)
-            checker_limits = dict(limits, memory_mb=max(limits["memory_mb"], 1024))
-            resource.setrlimit(resource.RLIMIT_AS, (checker_limits["memory_mb"] << 20,) * 2)
-            checker_process(request["id"], a_in_w, a_out_r, request.get("entry_point"), deadline)
-            os._exit(0)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(1)
+    candidate = spawner.spawn(
+        "candidate",
+        {"code": request["code"], "limits": limits, "deadline": deadline},
+        [a_in_r, a_out_w],
+    )
+    checker = spawner.spawn(
+        "checker",
+        {
+            "id": request["id"],
+            "entry_point": request.get("entry_point"),
+            "deadline": deadline,
+            "memory_mb": max(limits["memory_mb"], 1024),
+        },
+        [a_in_w, a_out_r],
+    )
     for fd in (a_in_r, a_in_w, a_out_r, a_out_w):
         os.close(fd)
-    timed_out = wait_until(checker, deadline) is None
+    checker_status = wait_until(checker, deadline)
+    timed_out = checker_status is None
     if timed_out:
         kill_group(checker)
+        checker_status = reap(checker)
     kill_group(candidate)
-    reap(checker)
     reap(candidate)
     stderr = ""
     try:
@@ -577,7 +662,7 @@ def run_assert_tests(request, limits, deadline):
             stderr = handle.read().decode("utf-8", "replace")
     except OSError:
         pass
-    return {"timed_out": timed_out, "stderr": stderr}
+    return {"timed_out": timed_out, "stderr": stderr, "checker_exit": describe_exit(checker_status)}
 
 
 def wait_until(pid, deadline):
@@ -602,7 +687,7 @@ def wait_until(pid, deadline):
 # ----------------------------------------------------------------------------- submissions
 
 
-def compile_cpp(code, limits, compile_timeout_s):
+def compile_cpp(spawner, code, limits, compile_timeout_s):
     with open("solution.cpp", "w") as handle:
         handle.write(code)
     compiler_limits = dict(
@@ -611,12 +696,15 @@ def compile_cpp(code, limits, compile_timeout_s):
         nproc=max(limits["nproc"], 16),
         fsize_mb=max(limits["fsize_mb"], 64),
     )
-    args = ["/usr/bin/g++", "-std=c++17", "-O2", "-pipe", "-o", "solution", "solution.cpp"]
-
-    def run():
-        os.execv(args[0], args)
-
-    result = run_child(run, b"", time.monotonic() + compile_timeout_s, compiler_limits, 1 << 16)
+    argv = ["/usr/bin/g++", "-std=c++17", "-O2", "-pipe", "-o", "solution", "solution.cpp"]
+    result = run_child(
+        spawner,
+        {"kind": "exec", "argv": argv},
+        b"",
+        time.monotonic() + compile_timeout_s,
+        compiler_limits,
+        1 << 16,
+    )
     if result["status"] == "ok":
         return None
     if result["status"] == "timeout":
@@ -624,7 +712,7 @@ def compile_cpp(code, limits, compile_timeout_s):
     return (result["stderr"] or result["exit"])[-STDERR_TAIL:]
 
 
-def run_submission(request):
+def run_submission(spawner, request):
     limits = request["limits"]
     started = time.monotonic()
     deadline = started + request["budget_s"]
@@ -633,7 +721,9 @@ def run_submission(request):
     reply = {"id": request["id"], "tests": [], "compile_error": None, "timed_out": False}
     language, mode = request["language"], request["mode"]
     if language == "cpp":
-        error = compile_cpp(request["code"], limits, request.get("compile_timeout_s", 10.0))
+        error = compile_cpp(
+            spawner, request["code"], limits, request.get("compile_timeout_s", 10.0)
+        )
         if error is not None:
             reply["compile_error"] = error
             return reply
@@ -645,7 +735,7 @@ def run_submission(request):
             reply["compile_error"] = f"{type(exc).__name__}: {exc}"
             return reply
     if mode == "assert":
-        reply.update(run_assert_tests(request, limits, deadline))
+        reply.update(run_assert_tests(spawner, request, limits, deadline))
     else:
         for test_input in request["inputs"]:
             now = time.monotonic()
@@ -654,13 +744,18 @@ def run_submission(request):
                 break
             test_deadline = deadline if per_test is None else min(deadline, now + per_test)
             if language == "cpp":
-                target = exec_binary(os.path.abspath("solution"))
+                target = {"kind": "exec", "argv": [os.path.abspath("solution")]}
             elif mode == "call":
-                target = python_call(request["code"], request["fn_name"], test_input)
+                target = {
+                    "kind": "python_call",
+                    "code": request["code"],
+                    "fn_name": request["fn_name"],
+                    "args": test_input,
+                }
             else:
-                target = python_main(request["code"])
+                target = {"kind": "python_main", "code": request["code"]}
             data = test_input.encode() if mode == "stdio" else b""
-            result = run_child(target, data, test_deadline, limits, output_bytes)
+            result = run_child(spawner, target, data, test_deadline, limits, output_bytes)
             if result["status"] == "timeout" and time.monotonic() >= deadline:
                 reply["timed_out"] = True
             reply["tests"].append(result)
@@ -760,7 +855,9 @@ def main():
             "own_pid_namespace": own_pid_namespace,
         },
     )
+    spawner = Spawner()
     while True:
+        spawner.refill()  # while idle: the next submission starts without forking
         try:
             request = read_frame(CONTROL_IN)
         except EOFError:
@@ -770,10 +867,12 @@ def main():
         os.makedirs(workdir, mode=0o700)
         os.chdir(workdir)
         try:
-            reply = run_submission(request)
+            reply = run_submission(spawner, request)
         except Exception:
             reply = {"id": request["id"], "harness_error": traceback.format_exc()[-STDERR_TAIL:]}
         cleanup(workdir, own_pid_namespace)
+        if own_pid_namespace:
+            spawner.forget()  # the cleanup killed the unused spares too
         write_frame(CONTROL_OUT, reply)
 
 
