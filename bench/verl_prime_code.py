@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,18 +42,25 @@ def main() -> None:
                 json.dumps(
                     {
                         "fn_name": problem["entry_point"],
-                        "inputs": [json.loads(t["input"]) for t in tests],
-                        "outputs": [json.loads(t["output"]) for t in tests],
+                        # APPS call-based format: one JSON argument per line, JSON output
+                        "inputs": [
+                            "\n".join(json.dumps(a) for a in json.loads(t["input"]))
+                            for t in tests
+                        ],
+                        "outputs": [t["output"] for t in tests],
                     }
                 ),
             )
         )
     import verl
 
-    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-        pool.map(_score, items[: args.workers])  # imports and warm-up
+    # prime_code starts a process per check, which multiprocessing.Pool's daemonic workers may
+    # not do; ProcessPoolExecutor's workers may.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        list(pool.map(_score, items[: args.workers]))  # imports and warm-up
         started = time.perf_counter()
-        scores = pool.map(_score, items * args.rounds, chunksize=1)
+        scores = list(pool.map(_score, items * args.rounds))
         elapsed = time.perf_counter() - started
     print(
         json.dumps(

@@ -54,13 +54,15 @@ class Submission:
 
 @dataclass(slots=True)
 class TestRun:
-    """The raw outcome of one stdin/stdout or call-based test."""
+    """The raw outcome of one stdin/stdout or call-based test (the solution's output, not a
+    verdict: the verifier compares it with the expected output outside the sandbox)."""
 
     status: str  # ok | timeout | runtime_error | output_limit
     stdout: str
     stderr: str
     exit: str
     time_s: float
+    result: Any = None  # call-based tests: the return value, as tagged plain data
 
 
 @dataclass(slots=True)

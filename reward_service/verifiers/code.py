@@ -40,6 +40,7 @@ from sandboxes.base import (
     SandboxResult,
     SandboxUnavailableError,
     Submission,
+    TestRun,
     get_backend,
 )
 from sandboxes.harness.zygote import decode
@@ -50,7 +51,6 @@ LANGUAGE_TAGS = {
     "python": "python", "py": "python", "python3": "python",
     "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp",
 }  # fmt: skip
-RESULT_MARKER = "\n\0RESULT\0"
 COMPILE_TIMEOUT_S = 10.0
 # What the worker allows beyond the sandbox's own budget: starting or restarting the sandbox,
 # the harness's reply, and the comparisons.
@@ -202,7 +202,7 @@ class CodeVerifier(Verifier):
             detail = result.assert_error or (failures[0] if failures else None)
         else:
             outcomes = [
-                self._test_passed(run.status, run.stdout, test.output, submission.mode, options)
+                self._test_passed(run, test.output, submission.mode, options)
                 for run, test in zip(result.tests, reference.tests, strict=False)
             ]
             passed, total = sum(outcomes), len(reference.tests)
@@ -220,18 +220,13 @@ class CodeVerifier(Verifier):
         return Verdict(reward, detail=detail, metrics=metrics)
 
     @staticmethod
-    def _test_passed(
-        status: str, stdout: str, expected: str, mode: str, options: CodeOptions
-    ) -> bool:
-        if status != "ok":
+    def _test_passed(run: TestRun, expected: str, mode: str, options: CodeOptions) -> bool:
+        if run.status != "ok":
             return False
         if mode == "stdio":
-            return stdout_matches(stdout, expected, exact=options.exact_output)
-        _, marker, record = stdout.rpartition(RESULT_MARKER)
-        if not marker:
-            return False
+            return stdout_matches(run.stdout, expected, exact=options.exact_output)
         try:
-            actual = decode(json.loads(record)["result"])
+            actual = decode(run.result)
             wanted = json.loads(expected)
         except (ValueError, KeyError, TypeError):
             return False

@@ -333,34 +333,11 @@ def resolve_callable(namespace, fn_name):
     raise NameError(f"the code defines no function or Solution method named {fn_name!r}")
 
 
-def run_python_call(code, fn_name, args_json):
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
-    args = json.loads(args_json)
-    if not isinstance(args, list):
-        args = [args]
-    try:
-        exec(compile(code, "solution.py", "exec"), namespace)
-        value = resolve_callable(namespace, fn_name)(*args)
-        if isinstance(value, tuple):
-            value = list(value)
-        line = json.dumps({"result": encode(value)})
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    sys.stdout.flush()
-    # The result goes last, after a NUL line, so that the program's own prints cannot be
-    # mistaken for it (they are compared nowhere; the worker takes the last record only).
-    os.write(1, b"\n\0RESULT\0" + line.encode())
-    return 0
-
-
 def run_target(target):
     """Run a test target described as data: what a spare process is told to become."""
     kind = target["kind"]
     if kind == "python_main":
         return run_python_main(target["code"])
-    if kind == "python_call":
-        return run_python_call(target["code"], target["fn_name"], target["args"])
     os.execv(target["argv"][0], target["argv"])
     return 127
 
@@ -512,7 +489,11 @@ def candidate_process(code, a_in, a_out, limits, deadline):
         try:
             args = decode(request["args"])
             kwargs = decode(request["kwargs"])
-            value = namespace[request["name"]](*args, **kwargs)
+            if request.get("resolve"):  # call-based tests: a function or a Solution method
+                function = resolve_callable(namespace, request["name"])
+            else:
+                function = namespace[request["name"]]
+            value = function(*args, **kwargs)
             reply = {"value": encode(value)}
         except SystemExit as exc:
             reply = {"exception": "SystemExit", "message": str(exc.code)}
@@ -665,6 +646,94 @@ def run_assert_tests(spawner, request, limits, deadline):
     return {"timed_out": timed_out, "stderr": stderr, "checker_exit": describe_exit(checker_status)}
 
 
+def read_frame_before(fd, deadline):
+    """A frame from ``fd``, or None if none starts arriving before ``deadline``."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    return read_frame(fd) if ready else None
+
+
+def run_call_tests(spawner, request, limits, deadline, per_test):
+    """Call-based tests: the solution is loaded once in a candidate process (as APPS/PRIME
+    harnesses do) and each test calls the function through the pipe; a test that hangs or
+    kills the process gets a fresh candidate for the tests after it."""
+    tests, timed_out = [], False
+    candidate = None
+    for args_json in request["inputs"]:
+        started = time.monotonic()
+        if started >= deadline:
+            timed_out = True
+            break
+        test_deadline = deadline if per_test is None else min(deadline, started + per_test)
+        if candidate is None:
+            a_in_r, a_in_w = os.pipe()
+            a_out_r, a_out_w = os.pipe()
+            pid = spawner.spawn(
+                "candidate",
+                {"code": request["code"], "limits": limits, "deadline": deadline},
+                [a_in_r, a_out_w],
+            )
+            os.close(a_in_r)
+            os.close(a_out_w)
+            candidate = (pid, a_in_w, a_out_r)
+            try:
+                hello = read_frame_before(a_out_r, test_deadline)
+            except (EOFError, OSError, ValueError):
+                hello = {"error": "the solution process died while loading"}
+            if hello is None or "error" in hello:
+                error = "timeout" if hello is None else "runtime_error"
+                message = "" if hello is None else hello["error"]
+                tests.append(_call_result(error, started, message))
+                candidate = _stop(candidate)
+                continue
+        pid, to_candidate, from_candidate = candidate
+        args = json.loads(args_json)
+        try:
+            write_frame(
+                to_candidate,
+                {
+                    "name": request["fn_name"],
+                    "resolve": True,
+                    "args": encode(args if isinstance(args, list) else [args]),
+                    "kwargs": encode({}),
+                },
+            )
+            reply = read_frame_before(from_candidate, test_deadline)
+        except (EOFError, OSError, ValueError):
+            tests.append(_call_result("runtime_error", started, "the solution process died"))
+            candidate = _stop(candidate)
+            continue
+        if reply is None:
+            tests.append(_call_result("timeout", started))
+            candidate = _stop(candidate)
+            timed_out = time.monotonic() >= deadline
+        elif "exception" in reply:
+            message = f"{reply['exception']}: {reply['message']}"
+            tests.append(_call_result("runtime_error", started, message))
+        else:
+            tests.append(dict(_call_result("ok", started), result=reply["value"]))
+    if candidate is not None:
+        _stop(candidate)
+    return tests, timed_out
+
+
+def _call_result(status, started, message=""):
+    return {
+        "status": status,
+        "stdout": "",
+        "stderr": message[-STDERR_TAIL:],
+        "exit": "",
+        "time_s": round(time.monotonic() - started, 6),
+    }
+
+
+def _stop(candidate):
+    pid, to_candidate, from_candidate = candidate
+    kill_group(pid)
+    reap(pid)
+    os.close(to_candidate)
+    os.close(from_candidate)
+
+
 def wait_until(pid, deadline):
     """Wait for ``pid`` to exit and return its wait status; None if the deadline came first
     (the process is then still running, and still ours to kill and reap)."""
@@ -736,6 +805,10 @@ def run_submission(spawner, request):
             return reply
     if mode == "assert":
         reply.update(run_assert_tests(spawner, request, limits, deadline))
+    elif mode == "call":
+        reply["tests"], reply["timed_out"] = run_call_tests(
+            spawner, request, limits, deadline, per_test
+        )
     else:
         for test_input in request["inputs"]:
             now = time.monotonic()
@@ -745,13 +818,6 @@ def run_submission(spawner, request):
             test_deadline = deadline if per_test is None else min(deadline, now + per_test)
             if language == "cpp":
                 target = {"kind": "exec", "argv": [os.path.abspath("solution")]}
-            elif mode == "call":
-                target = {
-                    "kind": "python_call",
-                    "code": request["code"],
-                    "fn_name": request["fn_name"],
-                    "args": test_input,
-                }
             else:
                 target = {"kind": "python_main", "code": request["code"]}
             data = test_input.encode() if mode == "stdio" else b""
