@@ -44,8 +44,7 @@ def main() -> None:
                         "fn_name": problem["entry_point"],
                         # APPS call-based format: one JSON argument per line, JSON output
                         "inputs": [
-                            "\n".join(json.dumps(a) for a in json.loads(t["input"]))
-                            for t in tests
+                            "\n".join(json.dumps(a) for a in json.loads(t["input"])) for t in tests
                         ],
                         "outputs": [t["output"] for t in tests],
                     }

@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(score)
 
+    check = commands.add_parser(
+        "sandbox-check",
+        help="Report which sandbox backends work here and what isolation each achieves.",
+        description="Start each sandbox backend and run a probe program in it that tries to "
+        "reach the network, read a host file and the host's environment, write the system, "
+        "see host processes, and exceed the process and memory limits. Exit code 0 when at "
+        "least one checked backend is available and every available one is isolated.",
+    )
+    check.add_argument("--backend", action="append", help="Check only this backend (repeatable).")
+
     bench = commands.add_parser(
         "bench",
         help="Run the benchmarks and write docs/benchmarks.md.",
@@ -209,6 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "score":
         return asyncio.run(_score_file(args, _settings_from(args)))
+    if args.command == "sandbox-check":
+        from sandboxes.check import check_backends, render
+
+        reports = check_backends(args.backend)
+        print(render(reports))
+        available = [r for r in reports if r.available]
+        return 0 if available and all(r.isolated for r in available) else 1
     if args.command == "bench":
         from bench.runner import run_benchmarks
 

@@ -50,7 +50,10 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(4096, gt=0, description="Most requests in one batch call.")
     max_queued: int = Field(
-        65536, gt=0, description="Most requests waiting for a worker; callers wait beyond it."
+        65536,
+        gt=0,
+        description="Most requests waiting for a worker; beyond it new ones are answered "
+        "`error` at once (overload).",
     )
     request_timeout_s: float = Field(
         120.0,
@@ -82,6 +85,13 @@ class Settings(BaseSettings):
     sandbox_backend: str = Field(
         "bwrap", description="Sandbox backend of the code domain: bwrap or docker."
     )
+    sandbox_image: str = Field(
+        "reward-service-sandbox:latest",
+        description="Image of the docker sandbox backend (deploy/sandbox.Dockerfile).",
+    )
+    sandbox_runtime: str | None = Field(
+        None, description="Container runtime of the docker backend, e.g. runsc (gVisor)."
+    )
     sandbox_memory_mb: int = Field(
         1024, gt=0, description="Address-space limit of each sandboxed process, in MiB."
     )
@@ -104,6 +114,11 @@ class Settings(BaseSettings):
                     "memory_mb": self.sandbox_memory_mb,
                     "tmpfs_mb": self.sandbox_tmpfs_mb,
                 },
+                "sandbox_options": (
+                    {"image": self.sandbox_image, "runtime": self.sandbox_runtime}
+                    if self.sandbox_backend == "docker"
+                    else {}
+                ),
             }
         }
 

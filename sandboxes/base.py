@@ -10,6 +10,7 @@ outside, so expected outputs never enter the sandbox.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -80,9 +81,16 @@ class SandboxResult:
 
 
 class Sandbox:
-    """A running sandbox. Backends implement :meth:`run` and :meth:`close`."""
+    """A sandbox that runs submissions: :meth:`start` it (or let :meth:`run` start it), then
+    :meth:`close` it. Constructors take the limits and backend-specific keyword options."""
 
     name: ClassVar[str]
+
+    def __init__(self, limits: SandboxLimits | None = None, **options: Any) -> None:
+        self.limits = limits or SandboxLimits()
+
+    def start(self) -> None:
+        """Start the sandbox (or raise :class:`SandboxUnavailableError`)."""
 
     @classmethod
     def check_available(cls) -> None:
@@ -101,26 +109,38 @@ class Sandbox:
         self.close()
 
 
-_BACKEND_MODULES = {"bwrap": "sandboxes.bwrap", "docker": "sandboxes.docker"}
+_NOT_BACKENDS = {"base", "protocol", "harness_client", "check", "harness"}
+
+
+def backends() -> dict[str, type[Sandbox]]:
+    """Every backend of the package: each module that defines ``BACKEND`` (adding a backend
+    is adding a module)."""
+    package = importlib.import_module("sandboxes")
+    found: dict[str, type[Sandbox]] = {}
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name in _NOT_BACKENDS or module.name.startswith("_"):
+            continue
+        backend = getattr(importlib.import_module(f"sandboxes.{module.name}"), "BACKEND", None)
+        if backend is not None:
+            found[backend.name] = backend
+    return found
 
 
 def get_backend(name: str) -> type[Sandbox]:
-    """The backend class registered under ``name`` (importing its module on demand)."""
-    module = _BACKEND_MODULES.get(name)
-    if module is None:
-        known = ", ".join(sorted(_BACKEND_MODULES))
-        raise ValueError(f"unknown sandbox backend {name!r} (known: {known})")
-    backend: type[Sandbox] = importlib.import_module(module).BACKEND
-    return backend
+    """The backend class registered under ``name``."""
+    known = backends()
+    if name not in known:
+        raise ValueError(f"unknown sandbox backend {name!r} (known: {', '.join(sorted(known))})")
+    return known[name]
 
 
 def available_backends() -> dict[str, str | None]:
     """Each backend's name, mapped to None if it can run here, else the reason it cannot."""
     status: dict[str, str | None] = {}
-    for name in _BACKEND_MODULES:
+    for name, backend in sorted(backends().items()):
         try:
-            get_backend(name).check_available()
+            backend.check_available()
             status[name] = None
-        except (SandboxUnavailableError, ImportError) as exc:
+        except SandboxUnavailableError as exc:
             status[name] = str(exc)
     return status

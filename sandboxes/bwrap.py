@@ -8,7 +8,8 @@ submission costs a few forks inside it, not a sandbox start. What it gets:
 - read-only ``/usr`` (with the usual ``/bin``, ``/lib`` links) and nothing else of the host:
   no ``/etc`` beyond the dynamic loader's cache, no home, no repository, no sockets;
 - a private tmpfs of ``limits.tmpfs_mb`` as the only writable place;
-- an empty environment, also for bwrap itself (``/proc/1/environ`` shows nothing);
+- a read-only root (``--remount-ro /``) and an empty environment, also for bwrap itself
+  (``/proc/1/environ`` shows nothing);
 - when the worker runs as root, a dedicated unprivileged uid per sandbox (``setpriv``), since
   root, even inside a user namespace, ignores ``RLIMIT_NPROC``;
 - rlimits on each untrusted process (address space, processes, file size, open files, CPU),
@@ -20,58 +21,26 @@ submission costs a few forks inside it, not a sandbox start. What it gets:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
 import signal
 import subprocess
-import time
-from typing import Any
 
-from sandboxes.base import (
-    HARNESS_SOURCE,
-    Sandbox,
-    SandboxLimits,
-    SandboxResult,
-    SandboxUnavailableError,
-    Submission,
-    TestRun,
-)
-from sandboxes.protocol import (
-    ChannelClosedError,
-    DeadlineError,
-    encode_frame,
-    frame_ready,
-    read_frame,
-    write_all,
-)
+from sandboxes.base import SandboxLimits, SandboxUnavailableError
+from sandboxes.harness_client import HarnessSandbox, harness_source, sandbox_uid
 
 SANDBOX_PYTHON = "/usr/bin/python3"
-START_TIMEOUT_S = 20.0
-# Time the harness may take beyond the budget to fork, clean up and answer.
-REPLY_GRACE_S = 1.0
-# uids handed to sandboxes when the worker runs as root; far above any real account.
-FIRST_SANDBOX_UID = 200_000
-_uid_counter = itertools.count()
 
 
-def _sandbox_uid() -> int:
-    # Distinct per process and per sandbox: RLIMIT_NPROC counts per real uid, machine-wide.
-    return FIRST_SANDBOX_UID + (os.getpid() * 16 + next(_uid_counter)) % 1_000_000
-
-
-class BwrapSandbox(Sandbox):
-    """A bubblewrap sandbox running the harness; start with :meth:`start` (or lazily)."""
+class BwrapSandbox(HarnessSandbox):
+    """The harness in a bubblewrap sandbox (see the module docstring)."""
 
     name = "bwrap"
 
     def __init__(self, limits: SandboxLimits | None = None) -> None:
-        self.limits = limits or SandboxLimits()
+        super().__init__(limits)
         self.process: subprocess.Popen[bytes] | None = None
         self.uid: int | None = None
-        self._fds: dict[str, int] = {}
-        self._ids = itertools.count(1)
-        self.info: dict[str, Any] = {}
 
     @classmethod
     def check_available(cls) -> None:
@@ -87,7 +56,7 @@ class BwrapSandbox(Sandbox):
         """The full command line that starts the sandbox."""
         prefix: list[str] = []
         if os.geteuid() == 0:
-            self.uid = _sandbox_uid()
+            self.uid = sandbox_uid()
             prefix = [
                 "setpriv",
                 f"--reuid={self.uid}",
@@ -103,7 +72,7 @@ class BwrapSandbox(Sandbox):
             elif os.path.isdir(top):
                 layout += ["--ro-bind", top, top]
         layout += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-        harness = HARNESS_SOURCE.read_text()
+        harness = harness_source()
         return [
             *prefix,
             "bwrap",
@@ -127,129 +96,29 @@ class BwrapSandbox(Sandbox):
             "--own-pid-namespace", "--tests-fd", str(tests_fd), "--verdicts-fd", str(verdicts_fd),
         ]  # fmt: skip
 
-    def start(self) -> None:
-        """Start the sandbox and wait for its harness to say it is ready."""
-        self.check_available()
-        control_in_r, control_in_w = os.pipe()
-        control_out_r, control_out_w = os.pipe()
-        tests_r, tests_w = os.pipe()
-        verdicts_r, verdicts_w = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                self.command(tests_r, verdicts_w),
-                stdin=control_in_r,
-                stdout=control_out_w,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(tests_r, verdicts_w),
-                env={"PATH": "/usr/bin:/bin"},  # what bwrap itself (pid 1 inside) shows
-                start_new_session=True,  # its own process group: one killpg ends it all
-                close_fds=True,
-            )
-        finally:
-            for fd in (control_in_r, control_out_w, tests_r, verdicts_w):
-                os.close(fd)
-        for fd in (control_in_w, tests_w):
-            os.set_blocking(fd, False)
-        self._fds = {
-            "control_in": control_in_w,
-            "control_out": control_out_r,
-            "tests": tests_w,
-            "verdicts": verdicts_r,
-        }
-        try:
-            self.info = read_frame(control_out_r, time.monotonic() + START_TIMEOUT_S)
-        except (DeadlineError, ChannelClosedError, ValueError) as exc:
-            code = self.process.poll()
-            self.close()
-            raise SandboxUnavailableError(
-                f"bubblewrap sandbox failed to start ({exc}; exit code {code}); "
-                "are unprivileged user namespaces allowed on this host?"
-            ) from None
+    def launch(self, control_in: int, control_out: int, tests: int, verdicts: int) -> None:
+        self.process = subprocess.Popen(
+            self.command(tests, verdicts),
+            stdin=control_in,
+            stdout=control_out,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(tests, verdicts),
+            env={"PATH": "/usr/bin:/bin"},  # what bwrap itself (pid 1 inside) shows
+            start_new_session=True,  # its own process group: one killpg ends it all
+            close_fds=True,
+        )
 
-    @property
-    def running(self) -> bool:
+    def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def run(self, submission: Submission) -> SandboxResult:
-        """Run every test of ``submission``; never raises for what the submission does."""
-        if not self.running:
-            self.close()
-            self.start()
-        request_id = next(self._ids)
-        request = {
-            "id": request_id,
-            "language": submission.language,
-            "mode": submission.mode,
-            "code": submission.code,
-            "inputs": submission.inputs,
-            "fn_name": submission.fn_name,
-            "entry_point": submission.entry_point,
-            "budget_s": submission.budget_s,
-            "test_time_limit_s": submission.test_time_limit_s,
-            "compile_timeout_s": submission.compile_timeout_s,
-            "limits": self.limits.to_json(),
-        }
-        compile_allowance = submission.compile_timeout_s if submission.language == "cpp" else 0
-        deadline = time.monotonic() + submission.budget_s + compile_allowance + REPLY_GRACE_S
-        try:
-            write_all(self._fds["control_in"], encode_frame(request), deadline)
-            if submission.mode == "assert":
-                frame = encode_frame({"id": request_id, "test_code": submission.test_code})
-                write_all(self._fds["tests"], frame, deadline)
-            reply = read_frame(self._fds["control_out"], deadline)
-            verdict = self._read_verdict(request_id) if submission.mode == "assert" else None
-        except DeadlineError:
-            self.close()
-            return SandboxResult(
-                timed_out=True,
-                elapsed_s=submission.budget_s,
-                lost="the sandbox did not answer within the budget and was killed",
-            )
-        except (ChannelClosedError, ValueError) as exc:
-            self.close()
-            return SandboxResult(lost=f"the sandbox died during the run ({exc})")
-        except BaseException:
-            self.close()  # interrupted mid-protocol (worker deadline): the channel is unusable
-            raise
-        if "harness_error" in reply:
-            return SandboxResult(lost=f"harness failure: {reply['harness_error']}")
-        result = SandboxResult(
-            tests=[TestRun(**test) for test in reply.get("tests", [])],
-            compile_error=reply.get("compile_error"),
-            timed_out=bool(reply.get("timed_out")),
-            elapsed_s=float(reply.get("elapsed_s", 0.0)),
-            stderr=reply.get("stderr", ""),
-        )
-        if submission.mode == "assert" and result.compile_error is None:
-            if verdict is None:
-                checker_exit = reply.get("checker_exit", "unknown")
-                result.assert_error = f"the checker process gave no verdict ({checker_exit})"
-            else:
-                result.assert_verdicts = verdict["tests"]
-                result.assert_error = verdict.get("error")
-        return result
-
-    def _read_verdict(self, request_id: int) -> dict[str, Any] | None:
-        # The checker writes its verdict before it exits, and the harness replies after
-        # that, so the frame is already in the pipe if there is one at all.
-        fd = self._fds["verdicts"]
-        while frame_ready(fd):
-            frame = read_frame(fd, time.monotonic() + 1.0)
-            if frame.get("id") == request_id:
-                return frame
-        return None
-
-    def close(self) -> None:
-        if self.process is not None:
-            if self.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            self.process = None
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds = {}
+    def terminate(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
 
 
 BACKEND = BwrapSandbox

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from reward_service.v1 import reward_pb2, reward_pb2_grpc
 from tests.conftest import ServerThread
-from trainer.client import AsyncRewardClient, RewardClient, RewardServiceError
+from trainer.client import AsyncRewardClient, RewardClient, RewardServiceError, build_request
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +180,37 @@ def test_session_futures_fail_when_the_stream_breaks_even_if_submitted_later() -
 
 
 async def test_async_session_futures_fail_when_the_stream_breaks() -> None:
-    async with AsyncRewardClient(f"127.0.0.1:{_unused_port()}", timeout_s=5) as client:
-        async with client.session() as session:
-            first = session.submit("test_echo", "x")
-            with pytest.raises(RewardServiceError):
-                await asyncio.wait_for(first, 10)
-            later = session.submit("test_echo", "y")
-            with pytest.raises(RewardServiceError, match="UNAVAILABLE"):
-                await asyncio.wait_for(later, 2)
+    target = f"127.0.0.1:{_unused_port()}"
+    async with AsyncRewardClient(target, timeout_s=5) as client, client.session() as session:
+        first = session.submit("test_echo", "x")
+        with pytest.raises(RewardServiceError):
+            await asyncio.wait_for(first, 10)
+        later = session.submit("test_echo", "y")
+        with pytest.raises(RewardServiceError, match="UNAVAILABLE"):
+            await asyncio.wait_for(later, 2)
+
+
+def test_cancelled_calls_are_answered_quietly(server: ServerThread) -> None:
+    # A call the client cancels still gets its verdict from the pool later; recording it must
+    # not blow up in an event-loop callback (one logged error per cancelled request).
+    errors: list[dict] = []
+    server.loop.call_soon_threadsafe(
+        server.loop.set_exception_handler, lambda loop, context: errors.append(context)
+    )
+    try:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = reward_pb2_grpc.RewardServiceStub(channel)
+            request = build_request("test_sleep", "", {"seconds": 0.3})
+            calls = [
+                stub.Score.future(request),
+                stub.ScoreBatch.future(reward_pb2.ScoreBatchRequest(requests=[request])),
+            ]
+            time.sleep(0.1)
+            for call in calls:
+                call.cancel()
+            time.sleep(0.6)
+    finally:
+        server.loop.call_soon_threadsafe(server.loop.set_exception_handler, None)
+    assert errors == []
+    exposition = server.server.metrics.exposition().decode()
+    assert 'reward_service_inflight_requests{domain="test_sleep"} 0.0' in exposition

@@ -119,6 +119,29 @@ def test_oversized_chunked_payload_is_refused(http: httpx.Client) -> None:
     assert reply.status_code == 413
 
 
+@pytest.mark.parametrize("header", ["nan", "soon", "-1", "0", "inf"])
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/score/batch"])
+def test_malformed_request_timeout_header_is_invalid(
+    http: httpx.Client, path: str, header: str
+) -> None:
+    item = {"id": "t", "domain": "test_echo", "response": "x"}
+    body = item if path == "/v1/score" else {"requests": [item]}
+    reply = http.post(path, json=body, headers={"X-Request-Timeout": header})
+    assert reply.status_code == 400
+    assert reply.json()["status"] == "invalid"
+    assert (
+        f"X-Request-Timeout must be a positive number of seconds, got {header!r}"
+        == (reply.json()["detail"])
+    )
+
+
+def test_request_timeout_header_bounds_the_sample(http: httpx.Client) -> None:
+    body = {"domain": "test_sleep", "response": "", "reference": {"seconds": 5}}
+    reply = http.post("/v1/score", json=body, headers={"X-Request-Timeout": "0.3"})
+    assert reply.status_code == 200 and reply.json()["status"] == "timeout"
+    assert reply.elapsed.total_seconds() < 2
+
+
 def test_empty_and_oversized_batches(http: httpx.Client) -> None:
     empty = http.post("/v1/score/batch", json={"requests": []})
     assert empty.status_code == 400 and empty.json()["detail"] == "batch is empty"
@@ -137,13 +160,11 @@ def test_bad_items_in_a_batch_do_not_spoil_the_others(http: httpx.Client) -> Non
         {"id": "bad-type", "domain": "test_echo", "response": ["x"]},
         "not even an object",
     ]
-    reply = http.post("/v1/score/batch", json={"requests": requests})
-    assert reply.status_code == 400  # "not even an object" fails the batch's own schema
-    requests.pop()
     results = http.post("/v1/score/batch", json={"requests": requests}).json()["results"]
-    assert [r["status"] for r in results] == ["ok", "invalid", "invalid"]
-    assert [r["id"] for r in results] == ["good", "bad-domain", "bad-type"]
+    assert [r["status"] for r in results] == ["ok", "invalid", "invalid", "invalid"]
+    assert [r["id"] for r in results] == ["good", "bad-domain", "bad-type", ""]
     assert "requests[2].response" in results[2]["detail"]
+    assert "requests[3]: Input should be a valid dictionary" in results[3]["detail"]
 
 
 def test_probes_metrics_domains_and_docs(http: httpx.Client) -> None:
@@ -172,5 +193,7 @@ def test_openrlhf_compatible_route(http: httpx.Client) -> None:
     assert reply["rewards"] == [1.0, 0.0, 0.5]
     assert reply["scores"] == reply["rewards"]
     assert reply["extra_logs"]["valid"] == [1.0, 1.0, 1.0]
+    too_many = http.post("/get_reward", json={"query": ["x"] * 513, "labels": ["1"] * 513})
+    assert too_many.status_code == 400 and "max_batch_size" in too_many.json()["detail"]
     mismatch = http.post("/get_reward", json={"query": ["a"], "labels": []})
     assert mismatch.status_code == 400

@@ -142,12 +142,12 @@ async def test_a_worker_found_dead_while_dispatching_loses_no_job(pool: WorkerPo
     dead.process.kill()
     for _ in range(500):  # wait for it to die without letting the event loop see the EOF
         try:
-            with open(f"/proc/{dead.process.pid}/stat") as stat:
+            with open(f"/proc/{dead.process.pid}/stat") as stat:  # noqa: ASYNC230 - on purpose
                 if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
                     break
         except FileNotFoundError:  # already reaped (by the forkserver, its parent)
             break
-        time.sleep(0.01)
+        time.sleep(0.01)  # noqa: ASYNC251 - blocking on purpose: the loop must not run
     # Many jobs queued while both workers look idle: the state a requeue leaves behind.
     jobs = [echo(i / 40) for i in range(40)]
     for queued in jobs:
@@ -157,3 +157,54 @@ async def test_a_worker_found_dead_while_dispatching_loses_no_job(pool: WorkerPo
     verdicts = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 10)
     assert [v.reward for v in verdicts] == [i / 40 for i in range(40)]
     assert all(v.status is Status.OK for v in verdicts)
+
+
+async def test_a_job_waiting_behind_a_slow_one_in_its_batch_is_answered_by_its_deadline() -> None:
+    load_verifiers([TEST_VERIFIERS])
+    # A large batch target puts both queued sleep jobs into one batch of the only worker.
+    pool = WorkerPool(
+        workers=1,
+        domains=DOMAINS,
+        verifier_modules=[TEST_VERIFIERS],
+        kill_grace_s=0.2,
+        batch_target_s=100,
+    )
+    await pool.start()
+    try:
+        blocker = pool.submit(job("test_sleep", DurationReference(seconds=0.3)))
+        await asyncio.sleep(0.05)
+        slow = pool.submit(job("test_sleep", DurationReference(seconds=1.5)))
+        started = time.monotonic()
+        late = pool.submit(job("test_sleep", DurationReference(seconds=2), deadline=0.6))
+        verdict = await late
+        assert time.monotonic() - started < 0.6 + 0.2 + 0.25
+        assert verdict.status is Status.ERROR and "deadline passed" in (verdict.detail or "")
+        assert (await blocker).status is Status.OK and (await slow).status is Status.OK
+    finally:
+        await pool.stop()
+
+
+async def test_a_batch_item_is_cut_at_its_deadline_not_its_full_budget() -> None:
+    load_verifiers([TEST_VERIFIERS])
+    pool = WorkerPool(
+        workers=1,
+        domains=DOMAINS,
+        verifier_modules=[TEST_VERIFIERS],
+        kill_grace_s=0.2,
+        batch_target_s=100,
+    )
+    await pool.start()
+    try:
+        blocker = pool.submit(job("test_sleep", DurationReference(seconds=0.3)))
+        await asyncio.sleep(0.05)
+        # Both share one deadline (as in one ScoreBatch call); the second starts late.
+        started = time.monotonic()
+        first = pool.submit(job("test_sleep", DurationReference(seconds=0.5), deadline=1.0))
+        second = pool.submit(job("test_sleep", DurationReference(seconds=5), deadline=1.0))
+        verdicts = await asyncio.gather(first, second)
+        assert time.monotonic() - started < 1.0 + 0.2 + 0.25
+        assert verdicts[0].status is Status.OK
+        assert verdicts[1].status is Status.TIMEOUT
+        await blocker
+    finally:
+        await pool.stop()

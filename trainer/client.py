@@ -183,8 +183,9 @@ class RewardClient:
         return [d.name for d in reply.domains]
 
     def session(self, *, timeout_s: float | None = None) -> ScoreSession:
-        """A streaming session (use as a context manager)."""
-        return ScoreSession(self._stub, timeout_s or self.timeout_s)
+        """A streaming session (use as a context manager). ``timeout_s`` bounds the whole
+        stream (default: none; each request still has the server's deadline)."""
+        return ScoreSession(self._stub, timeout_s)
 
     def close(self) -> None:
         self._channel.close()
@@ -371,8 +372,9 @@ class AsyncRewardClient:
         return [d.name for d in reply.domains]
 
     def session(self, *, timeout_s: float | None = None) -> AsyncScoreSession:
-        """A streaming session (use with ``async with``)."""
-        return AsyncScoreSession(self._stub, timeout_s or self.timeout_s)
+        """A streaming session (use with ``async with``); ``timeout_s`` as for
+        :meth:`RewardClient.session`."""
+        return AsyncScoreSession(self._stub, timeout_s)
 
     async def close(self) -> None:
         await self._channel.close()

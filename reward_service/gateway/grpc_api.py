@@ -34,6 +34,7 @@ STATUS_TO_PROTO = {
     Status.ERROR: reward_pb2.STATUS_ERROR,
 }
 STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+STREAM_RESULTS_PER_MESSAGE = 256
 # Struct (and JSON) numbers are doubles; integers round-trip exactly below 2**53.
 _JSON_SAFE_INT = 2**53
 
@@ -193,8 +194,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             while True:
                 await wake.wait()
                 wake.clear()
-                if ready:
-                    results, ready[:] = list(ready), []
+                while ready:  # in bounded messages: results carry metrics and details
+                    results, ready[:] = (
+                        ready[:STREAM_RESULTS_PER_MESSAGE],
+                        ready[STREAM_RESULTS_PER_MESSAGE:],
+                    )
                     yield reward_pb2.ScoreStreamResponse(
                         results=[result_to_proto(r) for r in results]
                     )

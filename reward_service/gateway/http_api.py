@@ -8,6 +8,7 @@ that says what is wrong, in the same shape as a scoring result.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reward_service.gateway.scoring import (
+    InvalidRequestError,
     Scorer,
     ScoreRequest,
     ScoreResult,
@@ -64,7 +66,8 @@ class ScoreResultBody(BaseModel):
 class BatchRequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    requests: list[dict[str, Any]] = Field(description="Score requests, as for /v1/score.")
+    # Any, not dict: an item that is not even an object gets its own `invalid` result.
+    requests: list[Any] = Field(description="Score requests, as for /v1/score.")
 
 
 class BatchResultBody(BaseModel):
@@ -178,12 +181,20 @@ def build_http_app(
         return invalid("; ".join(problems), 400, request_id)
 
     def deadline_from(request: Request) -> float | None:
+        """The ``X-Request-Timeout`` deadline; :class:`InvalidRequestError` if malformed (a NaN
+        deadline would otherwise reach the event loop's timer heap)."""
         header = request.headers.get("x-request-timeout")
-        try:
-            seconds = float(header) if header else None
-        except ValueError:
+        if header is None:
             return None
-        return None if seconds is None or seconds <= 0 else time.monotonic() + seconds
+        try:
+            seconds = float(header)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise InvalidRequestError(
+                f"X-Request-Timeout must be a positive number of seconds, got {header!r}"
+            )
+        return time.monotonic() + seconds
 
     @app.post(
         "/v1/score",
@@ -193,32 +204,47 @@ def build_http_app(
     )
     async def score(body: ScoreRequestBody, request: Request) -> JSONResponse:
         """Score one response. An ``X-Request-Timeout`` header (seconds) sets its deadline."""
-        result = await scorer.score(body.to_request(), deadline_from(request))
+        try:
+            deadline = deadline_from(request)
+        except InvalidRequestError as exc:
+            return invalid(str(exc), 400, body.id or "")
+        result = await scorer.score(body.to_request(), deadline)
         status_code = 400 if result.status is Status.INVALID else 200
         return JSONResponse(result.to_json(), status_code=status_code)
+
+    def batch_size_problem(count: int) -> str | None:
+        if count == 0:
+            return "batch is empty"
+        if count > settings.max_batch_size:
+            return (
+                f"batch has {count} requests, above the limit of {settings.max_batch_size} "
+                "(max_batch_size)"
+            )
+        return None
 
     @app.post("/v1/score/batch", response_model=BatchResultBody)
     async def score_batch(body: BatchRequestBody, request: Request) -> JSONResponse:
         """Score many responses; ``results`` are in request order. A malformed item gets an
         ``invalid`` result in its place."""
         count = len(body.requests)
-        if count == 0:
-            return invalid("batch is empty")
-        if count > settings.max_batch_size:
-            return invalid(
-                f"batch has {count} requests, above the limit of {settings.max_batch_size} "
-                "(max_batch_size)"
-            )
+        try:
+            deadline = deadline_from(request)
+        except InvalidRequestError as exc:
+            return invalid(str(exc))
+        if (problem := batch_size_problem(count)) is not None:
+            return invalid(problem)
         requests: list[ScoreRequest] = []
         early: dict[int, ScoreResult] = {}
         for index, item in enumerate(body.requests):
             try:
                 requests.append(_ITEM.validate_python(item).to_request())
             except ValidationError as exc:
-                item_id = item.get("id") if isinstance(item.get("id"), str) else ""
+                item_id = ""
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    item_id = item["id"]
                 detail = describe_validation_error(f"requests[{index}]", exc)
                 early[index] = ScoreResult(item_id, 0.0, Status.INVALID, detail)
-        scored = iter(await scorer.score_many(requests, deadline_from(request)))
+        scored = iter(await scorer.score_many(requests, deadline))
         results = [early[i] if i in early else next(scored) for i in range(count)]
         return JSONResponse({"results": [r.to_json() for r in results]})
 
@@ -228,6 +254,8 @@ def build_http_app(
         extra_logs}``. Samples that could not be scored get reward 0 and ``valid`` 0."""
         if len(body.labels) != len(body.query):
             return invalid(f"labels has {len(body.labels)} items but query has {len(body.query)}")
+        if (problem := batch_size_problem(len(body.query))) is not None:
+            return invalid(problem)
         requests = []
         for index, (query, label) in enumerate(zip(body.query, body.labels, strict=True)):
             prompt = body.prompts[index] if index < len(body.prompts) else ""

@@ -147,7 +147,8 @@ class Scorer:
             domain_metrics.inflight.dec()
             domain_metrics.statuses[result.status].inc()
             domain_metrics.latency.observe(time.monotonic() - started)
-            result_future.set_result(result)
+            if not result_future.done():  # cancelled when the caller went away (gRPC cancel)
+                result_future.set_result(result)
 
         if request.truncated and self.settings.truncated_reward is not None:
             finish(

@@ -133,8 +133,8 @@ class CodeVerifier(Verifier):
     def setup(self) -> None:
         try:
             backend = get_backend(self.backend_name)
-            self.sandbox = backend(self.limits)
-            self.sandbox.start()  # type: ignore[attr-defined]
+            self.sandbox = backend(self.limits, **self.config.get("sandbox_options", {}))
+            self.sandbox.start()
         except (SandboxUnavailableError, ValueError) as exc:
             # Other domains keep working; code requests answer `error` with this reason.
             self.unavailable = str(exc)

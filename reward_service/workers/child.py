@@ -27,9 +27,11 @@ from reward_service.verifiers.registry import get_verifier_class, load_verifiers
 # of cheap items are not held up by an expensive item later in the same batch.
 FLUSH_INTERVAL_S = 0.005
 PR_SET_PDEATHSIG = 1
+EXPIRED_IN_BATCH = "deadline passed while waiting behind other samples (service overloaded)"
 
-# One work item as it travels over the pipe: (domain, response, reference, options, budget_s).
-WorkItem = tuple[str, str, Any, Any, float]
+# One work item as it travels over the pipe: (domain, response, reference, options, budget_s,
+# deadline), the deadline on the time.monotonic clock (CLOCK_MONOTONIC, shared by processes).
+WorkItem = tuple[str, str, Any, Any, float, float]
 # One verdict as it travels back: (reward, status, detail, metrics, run_time_s).
 VerdictTuple = tuple[float, str, str | None, dict[str, Any], float]
 
@@ -53,8 +55,12 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise VerifierTimeout
 
 
-def _run_one(verifier: Verifier, item: WorkItem) -> Verdict:
-    _, response, reference, options, budget_s = item
+def _run_one(verifier: Verifier, item: WorkItem, started: float) -> Verdict:
+    _, response, reference, options, budget_s, deadline = item
+    # An item waits for the ones before it in its batch: its budget ends at its deadline.
+    budget_s = min(budget_s, deadline - started)
+    if budget_s <= 0:
+        return Verdict(0.0, Status.ERROR, EXPIRED_IN_BATCH)
     try:
         signal.setitimer(signal.ITIMER_REAL, budget_s)
         try:
@@ -86,7 +92,9 @@ def main(
     _die_with_parent()
     _limit_memory(memory_mb)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A SIGTERM sent to the whole process group (systemd, tini -g) is the parent's to act on:
+    # it drains and then stops us; PR_SET_PDEATHSIG still ends us if it dies.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         load_verifiers(verifier_modules)
         verifiers = {d: get_verifier_class(d)(configs.get(d)) for d in domains}
@@ -113,7 +121,7 @@ def main(
             started = time.monotonic()
             progress[1] = started
             progress[0] = float(index)  # written last: the parent reads index, then start time
-            verdict = _run_one(verifiers[item[0]], item)
+            verdict = _run_one(verifiers[item[0]], item, started)
             finished = time.monotonic()
             pending.append(
                 (

@@ -10,7 +10,9 @@ The gateway (or, in distributed mode, a worker node) calls :meth:`WorkerPool.sub
 - An idle worker gets a batch of one domain's jobs sized to take about ``batch_target_s`` of
   estimated verifier time, so cheap verifiers (microseconds) do not pay a process round trip
   per item while expensive ones (math, code) are still spread over all workers.
-- Each item runs under a budget (the request's, capped by its deadline). The worker enforces
+- Each item runs under a budget (the request's, capped by its deadline, also for an item
+  that waits behind others in its batch; one still waiting at its deadline plus the kill
+  grace is answered ``error`` like an item expired in the queue). The worker enforces
   it with a signal; if the item is still running ``kill_grace_s`` after its budget, the pool
   kills the process, answers that item ``timeout``, puts the rest of the batch back at the head
   of its queue, and starts a replacement. A worker that dies on its own (segfault, OOM killer)
@@ -109,7 +111,7 @@ class _Worker:
     def send(self, batch: _Batch) -> None:
         self.batch = batch
         items = [
-            (job.domain, job.response, job.reference, job.options, job.budget_s)
+            (job.domain, job.response, job.reference, job.options, job.budget_s, job.deadline)
             for job in batch.jobs
         ]
         self.conn.send((batch.id, items))
@@ -429,19 +431,25 @@ class WorkerPool:
                 if running is None or worker.batch is None:
                     continue
                 index, started = running
+                # The items behind the running one wait in the process: answer those whose
+                # deadline (plus grace) passed, as if they had expired in the queue.
+                for waiting in worker.batch.jobs[index + 1 :]:
+                    if now > waiting.deadline + self.kill_grace_s:
+                        waiting.resolve(Verdict(0.0, Status.ERROR, child.EXPIRED_IN_BATCH))
                 job = worker.batch.jobs[index]
-                if now > started + job.budget_s + self.kill_grace_s:
+                budget_s = max(0.0, min(job.budget_s, job.deadline - started))  # as in the child
+                if now > started + budget_s + self.kill_grace_s:
                     log.warning(
                         "killing worker %d: a %s item ran %.2f s, budget %g s",
                         worker.slot,
                         job.domain,
                         now - started,
-                        job.budget_s,
+                        budget_s,
                     )
                     verdict = Verdict(
                         0.0,
                         Status.TIMEOUT,
-                        f"scoring exceeded its budget of {job.budget_s:g} s and was killed",
+                        f"scoring exceeded its budget of {budget_s:g} s and was killed",
                     )
                     self._on_worker_lost(
                         worker, killed=True, reason="deadline", running_verdict=verdict

@@ -11,6 +11,8 @@ over four pipes:
 - the verdicts fd (``--verdicts-fd``, default 4): assertion-style verdicts, written ONLY by the
   checker process.
 
+(With ``--fd-socket PATH`` all four arrive over a unix socket instead, for containers.)
+
 Trust rules (what makes verdicts unforgeable):
 
 - Expected outputs of stdin/stdout and call-based tests never enter the sandbox: the program's
@@ -899,6 +901,17 @@ def main():
         TESTS_IN = int(args[args.index("--tests-fd") + 1])
     if "--verdicts-fd" in args:
         VERDICTS_OUT = int(args[args.index("--verdicts-fd") + 1])
+    if "--fd-socket" in args:
+        # Backends that cannot hand us pipes directly (a container) pass them over a unix
+        # socket that only exists until we have connected, before any untrusted code runs.
+        with socket.socket(socket.AF_UNIX) as channel:
+            channel.connect(args[args.index("--fd-socket") + 1])
+            _, fds, _, _ = socket.recv_fds(channel, 16, 4)
+        control_in, control_out, TESTS_IN, VERDICTS_OUT = fds
+        os.dup2(control_in, CONTROL_IN)
+        os.dup2(control_out, CONTROL_OUT)
+        os.close(control_in)
+        os.close(control_out)
     own_pid_namespace = "--own-pid-namespace" in sys.argv and (
         os.getpid() == 1 or os.getppid() == 1
     )
