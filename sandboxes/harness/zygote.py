@@ -373,17 +373,22 @@ def become(role, params, fds):
 
 class Spawner:
     """Starts a submission's processes. Forking costs about a millisecond here, so while the
-    zygote is idle it forks ``SPARES`` blank children ahead of time; a spare is told what to
-    become (role, parameters and the pipe fds, passed over a unix socket) when needed.
-    Spares are forked between submissions, so they hold nothing of the next one."""
+    zygote is idle it forks blank children ahead of time (as many as the last submission
+    started, up to ``MAX_SPARES``); a spare is told what to become (role, parameters and the
+    pipe fds, passed over a unix socket) when needed. Spares are forked between submissions,
+    so they hold nothing of the next one."""
 
-    SPARES = 2
+    MAX_SPARES = 2
 
     def __init__(self):
         self.spares = []  # (pid, socket)
+        self.wanted = self.MAX_SPARES  # as many as the last submission started, at least 1
+        self.started = 0
 
     def refill(self):
-        while len(self.spares) < self.SPARES:
+        self.wanted = max(1, min(self.MAX_SPARES, self.started or self.wanted))
+        self.started = 0
+        while len(self.spares) < self.wanted:
             ours, theirs = socket.socketpair()
             pid = os.fork()
             if pid == 0:
@@ -415,6 +420,7 @@ class Spawner:
 
     def spawn(self, role, params, fds):
         """Start ``role`` with ``fds`` (which the caller then closes); returns its pid."""
+        self.started += 1
         params = dict(params, cwd=os.getcwd())
         while self.spares:
             pid, sock = self.spares.pop()
