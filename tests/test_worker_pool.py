@@ -208,3 +208,19 @@ async def test_a_batch_item_is_cut_at_its_deadline_not_its_full_budget() -> None
         await blocker
     finally:
         await pool.stop()
+
+
+async def test_a_cancelled_queued_job_is_never_run() -> None:
+    load_verifiers([TEST_VERIFIERS])
+    pool = WorkerPool(workers=1, domains=DOMAINS, verifier_modules=[TEST_VERIFIERS])
+    await pool.start()
+    try:
+        [pid] = [w.process.pid for w in pool._workers if w is not None]
+        busy = pool.submit(job("test_sleep", DurationReference(seconds=0.3)))
+        await asyncio.sleep(0.05)
+        doomed = pool.submit(job("test_crash", DurationReference()))  # would kill the worker
+        doomed.cancel()  # what the gateway does when the caller goes away
+        assert (await busy).status is Status.OK
+        assert (await pool.submit(echo())).metrics["pid"] == pid  # the same worker: never crashed
+    finally:
+        await pool.stop()

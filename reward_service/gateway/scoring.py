@@ -167,14 +167,25 @@ class Scorer:
             return result_future
 
         def on_verdict(future: asyncio.Future[Verdict]) -> None:
-            verdict = future.result()
+            if future.cancelled():  # the caller went away before a worker took the job
+                verdict = Verdict(0.0, Status.ERROR, "the caller cancelled the request")
+            else:
+                verdict = future.result()
             finish(
                 ScoreResult(
                     request.id, verdict.reward, verdict.status, verdict.detail, verdict.metrics
                 )
             )
 
-        self.pool.submit(job).add_done_callback(on_verdict)
+        verdict_future = self.pool.submit(job)
+        verdict_future.add_done_callback(on_verdict)
+
+        def forget_if_cancelled(future: asyncio.Future[ScoreResult]) -> None:
+            # The caller went away (a cancelled gRPC call): a job still queued is skipped.
+            if future.cancelled():
+                verdict_future.cancel()
+
+        result_future.add_done_callback(forget_if_cancelled)
         return result_future
 
     async def score(self, request: ScoreRequest, deadline: float | None = None) -> ScoreResult:

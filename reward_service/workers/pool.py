@@ -400,9 +400,17 @@ class WorkerPool:
             self.loop.call_later(delay, self._replace, worker.slot)
         self._dispatch()
 
-    def _replace(self, slot: int) -> None:
-        if self.running:
+    def _replace(self, slot: int, attempt: int = 0) -> None:
+        if not self.running:
+            return
+        try:
             self._workers[slot] = _Worker(self, slot)
+        except Exception:  # e.g. the forkserver is gone: keep trying, the slot must not stay empty
+            delay = min(0.1 * 2**attempt, MAX_RESTART_DELAY_S)
+            log.exception("could not start worker %d; retrying in %.1f s", slot, delay)
+            if self.metrics is not None:
+                self.metrics.worker_restarts.labels("startup_failure").inc()
+            self.loop.call_later(delay, self._replace, slot, attempt + 1)
 
     def _update_alive(self) -> None:
         if self.metrics is not None:
