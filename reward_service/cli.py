@@ -125,6 +125,10 @@ def _request_from_line(number: int, line: str) -> dict[str, Any] | str:
         return f"line {number}: malformed JSON: {exc}"
     if not isinstance(value, dict):
         return f"line {number}: expected a JSON object, got {type(value).__name__}"
+    for key in ("domain", "response"):
+        if not isinstance(value.get(key), str):
+            kind = "missing" if key not in value else type(value[key]).__name__
+            return f"line {number}: {key} must be a string ({kind})"
     return value
 
 
@@ -181,8 +185,8 @@ async def _score_file(args: argparse.Namespace, settings: Settings) -> int:
                 async def in_process(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     requests = [
                         ScoreRequest(
-                            domain=str(i.get("domain", "")),
-                            response=i.get("response", ""),
+                            domain=i["domain"],
+                            response=i["response"],
                             reference=i.get("reference", {}),
                             options=i.get("options", {}),
                             truncated=bool(i.get("truncated", False)),

@@ -26,6 +26,7 @@ def write_requests(path: Path) -> None:
         json.dumps({"id": "b", "domain": "nope", "response": "x"}),
         "{broken json",
         "",
+        json.dumps({"id": "d", "domain": "test_echo", "response": None}),
         json.dumps(
             {
                 "id": "c",
@@ -52,10 +53,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def check_results(path: Path) -> None:
     results = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["status"] for r in results] == ["ok", "invalid", "invalid", "ok"]
-    assert [r["id"] for r in results] == ["a", "b", "", "c"]
-    assert results[0]["reward"] == 0.5 and results[3]["reward"] == 1.0
+    assert [r["status"] for r in results] == ["ok", "invalid", "invalid", "invalid", "ok"]
+    assert [r["id"] for r in results] == ["a", "b", "", "", "c"]
+    assert results[0]["reward"] == 0.5 and results[4]["reward"] == 1.0
     assert "line 3: malformed JSON" in results[2]["detail"]
+    assert "line 5: response must be a string (NoneType)" in results[3]["detail"]
 
 
 def test_score_file_in_process(tmp_path: Path) -> None:
@@ -73,7 +75,7 @@ def test_score_file_in_process(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     check_results(results)
-    assert "scored 4 requests (invalid: 2, ok: 2)" in done.stderr
+    assert "scored 5 requests (invalid: 3, ok: 2)" in done.stderr
 
 
 def test_score_file_against_a_running_service(tmp_path: Path, server: ServerThread) -> None:

@@ -224,3 +224,21 @@ async def test_a_cancelled_queued_job_is_never_run() -> None:
         assert (await pool.submit(echo())).metrics["pid"] == pid  # the same worker: never crashed
     finally:
         await pool.stop()
+
+
+async def test_expired_jobs_do_not_count_against_max_queued() -> None:
+    load_verifiers([TEST_VERIFIERS])
+    pool = WorkerPool(workers=1, domains=DOMAINS, verifier_modules=[TEST_VERIFIERS], max_queued=3)
+    await pool.start()
+    try:
+        running = pool.submit(job("test_sleep", DurationReference(seconds=0.5)))
+        await asyncio.sleep(0.05)
+        short = [pool.submit(job("test_echo", EchoReference(), deadline=0.1)) for _ in range(3)]
+        assert all(v.status is Status.ERROR for v in await asyncio.gather(*short))
+        # The three expired jobs are still in the deque behind the sleeping one, but a new
+        # job is accepted rather than refused as an overload.
+        accepted = pool.submit(echo())
+        assert (await running).status is Status.OK
+        assert (await accepted).status is Status.OK
+    finally:
+        await pool.stop()

@@ -91,9 +91,13 @@ def build_request(
 def _as_request(item: reward_pb2.ScoreRequest | Mapping[str, Any]) -> reward_pb2.ScoreRequest:
     if isinstance(item, reward_pb2.ScoreRequest):
         return item
+    for key in ("domain", "response"):
+        if not isinstance(item.get(key), str):
+            kind = type(item.get(key)).__name__
+            raise TypeError(f"request {item.get('id', '')!r}: {key} must be a string, got {kind}")
     return build_request(
-        str(item.get("domain", "")),
-        str(item.get("response", "")),
+        item["domain"],
+        item["response"],
         item.get("reference"),
         options=item.get("options"),
         truncated=bool(item.get("truncated", False)),

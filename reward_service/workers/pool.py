@@ -256,7 +256,7 @@ class WorkerPool:
         job.future = self.loop.create_future()
         if not self.running:
             job.resolve(Verdict(0.0, Status.ERROR, "worker pool is not running"))
-        elif self._queued >= self.max_queued:
+        elif self._queued >= self.max_queued and self._sweep() >= self.max_queued:
             job.resolve(
                 Verdict(
                     0.0,
@@ -269,6 +269,15 @@ class WorkerPool:
             self._enqueue(job, at_head=False)
             self._dispatch()
         return job.future
+
+    def _sweep(self) -> int:
+        """Drop jobs already answered (expired, or cancelled by their caller) from the queues,
+        which otherwise keep them until a worker pops them; returns the live count. O(queued),
+        so only run when the queue looks full."""
+        for domain, queue in self._queues.items():
+            self._queues[domain] = deque(job for job in queue if not job.future.done())
+        self._queued = sum(len(queue) for queue in self._queues.values())
+        return self._queued
 
     def _enqueue(self, job: Job, *, at_head: bool) -> None:
         queue = self._queues[job.domain]
