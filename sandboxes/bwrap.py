@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 
 from sandboxes.base import SandboxLimits, SandboxUnavailableError
 from sandboxes.harness_client import HarnessSandbox, harness_source, sandbox_uid
@@ -37,8 +38,19 @@ class BwrapSandbox(HarnessSandbox):
 
     name = "bwrap"
 
-    def __init__(self, limits: SandboxLimits | None = None) -> None:
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        *,
+        python_paths: Sequence[str] = (),
+        preload: Sequence[str] = (),
+    ) -> None:
+        """``python_paths``: host folders of pure-Python or same-ABI packages to mount
+        read-only and put on the harness's ``sys.path``; ``preload``: modules the harness
+        imports once, so that every fork has them (a scoring library, for instance)."""
         super().__init__(limits)
+        self.python_paths = list(python_paths)
+        self.preload = list(preload)
         self.process: subprocess.Popen[bytes] | None = None
         self.uid: int | None = None
 
@@ -72,6 +84,12 @@ class BwrapSandbox(HarnessSandbox):
             elif os.path.isdir(top):
                 layout += ["--ro-bind", top, top]
         layout += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+        extra_args: list[str] = []
+        for index, path in enumerate(self.python_paths):
+            layout += ["--ro-bind", path, f"/opt/python{index}"]
+            extra_args += ["--path", f"/opt/python{index}"]
+        for module in self.preload:
+            extra_args += ["--preload", module]
         harness = harness_source()
         return [
             *prefix,
@@ -91,9 +109,11 @@ class BwrapSandbox(HarnessSandbox):
             "--setenv", "HOME", "/tmp",
             "--setenv", "LANG", "C.UTF-8",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+            "--setenv", "MPLCONFIGDIR", "/tmp",  # matplotlib, if a preloaded library pulls it in
             "--",
             SANDBOX_PYTHON, "-I", "-S", "-c", harness,
             "--own-pid-namespace", "--tests-fd", str(tests_fd), "--verdicts-fd", str(verdicts_fd),
+            *extra_args,
         ]  # fmt: skip
 
     def launch(self, control_in: int, control_out: int, tests: int, verdicts: int) -> None:

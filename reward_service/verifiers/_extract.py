@@ -73,3 +73,14 @@ def last_fenced_block(text: str) -> tuple[str, str] | None:
         return None
     tag, code = blocks[-1]
     return tag.lower(), code
+
+
+def last_tagged(text: str, tag: str) -> str | None:
+    """Content of the last ``<tag>...</tag>`` in ``text`` (stripped), or ``None``."""
+    end = text.rfind(f"</{tag}>")
+    if end < 0:
+        return None
+    start = text.rfind(f"<{tag}>", 0, end)
+    if start < 0:
+        return None
+    return text[start + len(tag) + 2 : end].strip()

@@ -899,10 +899,20 @@ PRELOADED = (
 
 def main():
     global TESTS_IN, VERDICTS_OUT
+    args = sys.argv[1:]
+    # --path DIR (repeatable): extra read-only library folders; --preload MODULE (repeatable):
+    # modules that every fork should find imported (e.g. a scoring library).
+    extra_modules = []
+    for flag, index in [(a, i) for i, a in enumerate(args) if a in ("--path", "--preload")]:
+        if flag == "--path":
+            sys.path.append(args[index + 1])
+        else:
+            extra_modules.append(args[index + 1])
     for name in PRELOADED:
         with contextlib.suppress(ImportError):
             __import__(name)
-    args = sys.argv[1:]
+    for name in extra_modules:
+        __import__(name)
     if "--tests-fd" in args:
         TESTS_IN = int(args[args.index("--tests-fd") + 1])
     if "--verdicts-fd" in args:
