@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.code import bench_code
+from bench.domains import bench_reasoning_gym
 from bench.gateway import bench_math, bench_overhead
 
 
@@ -139,6 +140,25 @@ def render(results: dict[str, Any]) -> str:
         else:
             lines.append(f"| verl `prime_code` | {verl.get('error')} | >= 10x: not measured |")
         lines.append("")
+    rg = results.get("reasoning_gym")
+    if rg:
+        lines += [
+            "## reasoning_gym throughput: service vs the package called directly",
+            "",
+            f"{rg['requests']} distinct entries of {rg['tasks']} tasks with in-process scorers "
+            f"(a third wrong answers), {rg['workers']} worker processes. Service: gRPC "
+            f"`ScoreBatch` of {rg['batch']}, two in flight, to a `reward-service serve --domains "
+            f"reasoning_gym` process. Direct: each task's `score_answer` in a `multiprocessing` "
+            f"pool of the same size, chunks of 256. The scorers take microseconds, so this is "
+            f"the service's own cost per request.",
+            "",
+            "| path | rewards/s | target |",
+            "|---|---:|---|",
+            f"| service | {rg['service_per_s']:.0f} | >= 10,000/s: "
+            f"{_verdict(rg['service_per_s'] >= 10_000)} |",
+            f"| direct | {rg['direct_per_s']:.0f} | |",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -146,6 +166,7 @@ BENCHMARKS = {
     "math": lambda args, workers: bench_math(workers, args.quick),
     "overhead": lambda args, workers: bench_overhead(workers, args.quick),
     "code": lambda args, workers: bench_code(workers, args.quick, args.verl_python),
+    "reasoning_gym": lambda args, workers: bench_reasoning_gym(workers, args.quick),
 }
 
 

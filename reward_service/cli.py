@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="Fewer repetitions (smoke test).")
     bench.add_argument(
-        "--only", help="Comma-separated benchmarks to run (math, overhead, code); default: all."
+        "--only",
+        help="Comma-separated benchmarks to run (math, overhead, code, reasoning_gym); "
+        "default: all.",
     )
     bench.add_argument(
         "--verl-python",
