@@ -98,6 +98,21 @@ class Settings(BaseSettings):
     sandbox_tmpfs_mb: int = Field(
         64, gt=0, description="Writable space of each sandbox (a private tmpfs), in MiB."
     )
+    judge_base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint of the LLM judge (e.g. https://host/v1); the "
+        "key is read from OPENAI_API_KEY.",
+    )
+    judge_model: str | None = Field(None, description="Model name of the LLM judge.")
+    judge_timeout_s: float = Field(20.0, gt=0, description="Timeout of one judge request.")
+    judge_max_retries: int = Field(
+        3, ge=0, description="Retries of a judge request on 429, 5xx and transport errors."
+    )
+    stem_judge: bool = Field(
+        False,
+        description="Ask the judge for STEM answers that rules cannot settle, unless a "
+        "request says otherwise (reference.judge).",
+    )
     truncated_reward: float | None = Field(
         None,
         description="Reward given to responses flagged truncated=true (the termination "
@@ -107,6 +122,13 @@ class Settings(BaseSettings):
     def verifier_configs(self) -> dict[str, dict[str, Any]]:
         """The per-domain configuration handed to each verifier's constructor."""
         return {
+            "stem": {
+                "judge_base_url": self.judge_base_url,
+                "judge_model": self.judge_model,
+                "judge_timeout_s": self.judge_timeout_s,
+                "judge_max_retries": self.judge_max_retries,
+                "judge_by_default": self.stem_judge,
+            },
             "code": {
                 "sandbox_backend": self.sandbox_backend,
                 "max_timeout_s": self.max_timeout_s,
