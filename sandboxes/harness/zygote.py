@@ -176,16 +176,19 @@ def apply_limits(limits, cpu_seconds):
     cap(resource.RLIMIT_CORE, 0)
 
 
+# Signals the zygote ignores (a submission cannot stop it with them) and its children restore.
+IGNORED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGPIPE,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
 def reset_signals():
-    for sig in (
-        signal.SIGTERM,
-        signal.SIGINT,
-        signal.SIGHUP,
-        signal.SIGPIPE,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGCHLD,
-    ):
+    for sig in (*IGNORED_SIGNALS, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
 
 
@@ -932,14 +935,7 @@ def main():
         os.getpid() == 1 or os.getppid() == 1
     )
     not_dumpable()
-    for sig in (
-        signal.SIGTERM,
-        signal.SIGINT,
-        signal.SIGHUP,
-        signal.SIGPIPE,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-    ):
+    for sig in IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     write_frame(
         CONTROL_OUT,
