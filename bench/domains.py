@@ -1,6 +1,6 @@
-"""Per-domain throughput through the service against the underlying library called directly
+"""Per-domain throughput through the service against the underlying scoring called directly
 in the same number of processes: reasoning_gym (whose scorers take microseconds, so this
-measures the service's own per-request cost)."""
+measures the service's own per-request cost) and ifeval."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import json
 import multiprocessing
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.service import ServiceProcess
@@ -91,6 +92,70 @@ def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
         "workers": workers,
         "requests": len(requests),
         "tasks": len(RG_TASKS),
+        "batch": 256,
+        "service_per_s": service_rate,
+        "direct_per_s": direct_rate,
+    }
+
+
+# ------------------------------------------------------------------------------- ifeval
+
+IFEVAL_DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "ifeval"
+_ifeval: Any = None
+
+
+def ifeval_samples() -> list[tuple[str, dict[str, Any]]]:
+    """(response, reference) pairs: Google's published GPT-4 responses to the IFEval prompts."""
+    prompts = {}
+    with (IFEVAL_DATA / "input_data.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            prompts[row["prompt"]] = row
+    samples = []
+    with (IFEVAL_DATA / "input_response_data_gpt4_20231107_145030.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            source = prompts.get(row["prompt"])
+            if source is None:
+                continue
+            reference = {
+                "instruction_id_list": source["instruction_id_list"],
+                "kwargs": source["kwargs"],
+                "prompt": source["prompt"],
+            }
+            samples.append((row["response"], reference))
+    return samples
+
+
+def _ifeval_direct(item: tuple[str, dict[str, Any]]) -> float:
+    global _ifeval
+    from reward_service.verifiers.base import VerifierOptions
+    from reward_service.verifiers.ifeval import IfevalReference, IfevalVerifier
+
+    if _ifeval is None:
+        _ifeval = IfevalVerifier()
+        _ifeval.setup()
+    response, reference = item
+    return _ifeval.verify(
+        response, IfevalReference.model_validate(reference), VerifierOptions()
+    ).reward
+
+
+def bench_ifeval(workers: int, quick: bool) -> dict[str, Any]:
+    """The published GPT-4 responses (540 prompts) through the service, batches of 256, vs the
+    verifier's own function in a process pool of the same size."""
+    samples = ifeval_samples() * (1 if quick else 4)
+    requests = [build_request("ifeval", response, ref) for response, ref in samples]
+    with ServiceProcess(workers=workers, extra_args=["--domains", "ifeval"]) as service:
+        service_rate = asyncio.run(_through_service(service.grpc_target, requests, 256))
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        pool.map(_ifeval_direct, samples[: workers * 4], chunksize=1)  # set up every process
+        started = time.perf_counter()
+        pool.map(_ifeval_direct, samples, chunksize=16)
+        direct_rate = len(samples) / (time.perf_counter() - started)
+    return {
+        "workers": workers,
+        "requests": len(requests),
         "batch": 256,
         "service_per_s": service_rate,
         "direct_per_s": direct_rate,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.code import bench_code
-from bench.domains import bench_reasoning_gym
+from bench.domains import bench_ifeval, bench_reasoning_gym
 from bench.gateway import bench_math, bench_overhead
 
 
@@ -159,6 +159,24 @@ def render(results: dict[str, Any]) -> str:
             f"| direct | {rg['direct_per_s']:.0f} | |",
             "",
         ]
+    ifeval = results.get("ifeval")
+    if ifeval:
+        ratio = ifeval["service_per_s"] / ifeval["direct_per_s"]
+        lines += [
+            "## ifeval throughput: service vs the verifier called directly",
+            "",
+            f"Google's published GPT-4 responses to the IFEval prompts ({ifeval['requests']} "
+            f"requests), {ifeval['workers']} worker processes. Service: gRPC `ScoreBatch` of "
+            f"{ifeval['batch']}, two in flight. Direct: the verifier's own function in a "
+            f"`multiprocessing` pool of the same size, chunks of 16.",
+            "",
+            "| path | rewards/s | service as % of it | target |",
+            "|---|---:|---:|---|",
+            f"| service | {ifeval['service_per_s']:.0f} | | |",
+            f"| direct | {ifeval['direct_per_s']:.0f} | {100 * ratio:.0f}% | >= 90%: "
+            f"{_verdict(ratio >= 0.9)} |",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -167,6 +185,7 @@ BENCHMARKS = {
     "overhead": lambda args, workers: bench_overhead(workers, args.quick),
     "code": lambda args, workers: bench_code(workers, args.quick, args.verl_python),
     "reasoning_gym": lambda args, workers: bench_reasoning_gym(workers, args.quick),
+    "ifeval": lambda args, workers: bench_ifeval(workers, args.quick),
 }
 
 

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="Fewer repetitions (smoke test).")
     bench.add_argument(
         "--only",
-        help="Comma-separated benchmarks to run (math, overhead, code, reasoning_gym); "
+        help="Comma-separated benchmarks to run (math, overhead, code, reasoning_gym, ifeval); "
         "default: all.",
     )
     bench.add_argument(
@@ -108,6 +108,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="A Python interpreter with verl installed: adds verl's prime_code scorer to the "
         "code benchmark (verl stays out of the service's environment).",
     )
+
+    stem = commands.add_parser(
+        "filter-stem",
+        help="Keep the STEM rows whose reference response an LLM judge finds consistent.",
+        description="The data filter of the reference recipe: for each row (problem, "
+        "ground-truth solution, reference model response) extract both final answers and ask "
+        "an OpenAI-compatible judge whether they agree; write consistent rows to OUT and the "
+        "others, with a reject_reason, to the rejected file. Verdicts are journaled as they "
+        "come (OUT.journal.jsonl): an interrupted run resumes without asking again. API key "
+        "from OPENAI_API_KEY. Exit code 1 when some rows could not be judged (run again).",
+    )
+    stem.add_argument("input", type=Path, help="JSONL file of rows.")
+    stem.add_argument("output", type=Path, help="Where to write the kept rows (JSONL).")
+    stem.add_argument(
+        "--rejected", type=Path, help="Where to write rejected rows (OUT.rejected.jsonl)."
+    )
+    stem.add_argument("--journal", type=Path, help="The verdict journal (OUT.journal.jsonl).")
+    for name, default in (
+        ("problem", "problem"),
+        ("solution", "solution"),
+        ("response", "response"),
+        ("id", "id"),
+    ):
+        stem.add_argument(
+            f"--{name}-field", default=default, help=f"Row field of the {name} ({default})."
+        )
+    stem.add_argument(
+        "--judge-base-url", help="OpenAI-compatible base URL (REWARD_SERVICE_JUDGE_BASE_URL)."
+    )
+    stem.add_argument("--judge-model", help="Judge model name (REWARD_SERVICE_JUDGE_MODEL).")
+    stem.add_argument(
+        "--judge-timeout-s", type=float, default=30.0, help="Per-attempt timeout (30)."
+    )
+    stem.add_argument(
+        "--judge-max-retries", type=int, default=4, help="Retries per judge request (4)."
+    )
+    stem.add_argument(
+        "--judge-backoff-s", type=float, default=0.5, help="First retry backoff (0.5)."
+    )
+    stem.add_argument("--concurrency", type=int, default=16, help="Judge requests in flight (16).")
     return parser
 
 
@@ -236,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.runner import run_benchmarks
 
         return run_benchmarks(args)
+    if args.command == "filter-stem":
+        from reward_service.stem_filter import run_from_args
+
+        return run_from_args(args)
     raise AssertionError(args.command)
 
 

@@ -141,7 +141,7 @@ class Settings(BaseSettings):
                     if self.sandbox_backend == "docker"
                     else {}
                 ),
-            }
+            },
         }
 
     @field_validator("domains", "verifier_modules", mode="before")
