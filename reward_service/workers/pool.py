@@ -30,7 +30,7 @@ import multiprocessing
 import multiprocessing.connection
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,11 +58,20 @@ class Job:
     options: VerifierOptions
     budget_s: float
     deadline: float
-    future: asyncio.Future[Verdict] = field(init=False)
+    on_verdict: Callable[[Verdict], None] | None = None
+    future: asyncio.Future[Verdict] | None = field(init=False, default=None)
     expiry: asyncio.TimerHandle | None = field(init=False, default=None)
+    done: bool = field(init=False, default=False)
 
     def resolve(self, verdict: Verdict) -> None:
-        if not self.future.done():
+        """Answer the job, once: through ``on_verdict`` (called at once, no event-loop hop:
+        the gateway's hot path) or else its future."""
+        if self.done:
+            return
+        self.done = True
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
+        elif self.future is not None and not self.future.done():
             self.future.set_result(verdict)
 
 
@@ -252,8 +261,22 @@ class WorkerPool:
     # ----------------------------------------------------------------------------- submitting
 
     def submit(self, job: Job) -> asyncio.Future[Verdict]:
-        """Queue ``job``; the future resolves to its verdict by its deadline (plus grace)."""
-        job.future = self.loop.create_future()
+        """Queue ``job``; the future resolves to its verdict by its deadline (plus grace).
+        Cancelling the future withdraws a job still queued."""
+        future: asyncio.Future[Verdict] = self.loop.create_future()
+        job.future = future
+
+        def withdraw(done: asyncio.Future[Verdict]) -> None:
+            if done.cancelled():
+                job.done = True  # _take skips it
+
+        future.add_done_callback(withdraw)
+        self.enqueue(job)
+        return future
+
+    def enqueue(self, job: Job) -> None:
+        """Queue ``job``, whose ``on_verdict`` is called with its verdict by its deadline
+        (plus grace); setting ``job.done`` withdraws it while it is queued."""
         if not self.running:
             job.resolve(Verdict(0.0, Status.ERROR, "worker pool is not running"))
         elif self._queued >= self.max_queued and self._sweep() >= self.max_queued:
@@ -268,14 +291,13 @@ class WorkerPool:
         else:
             self._enqueue(job, at_head=False)
             self._dispatch()
-        return job.future
 
     def _sweep(self) -> int:
         """Drop jobs already answered (expired, or cancelled by their caller) from the queues,
         which otherwise keep them until a worker pops them; returns the live count. O(queued),
         so only run when the queue looks full."""
         for domain, queue in self._queues.items():
-            self._queues[domain] = deque(job for job in queue if not job.future.done())
+            self._queues[domain] = deque(job for job in queue if not job.done)
         self._queued = sum(len(queue) for queue in self._queues.values())
         return self._queued
 
@@ -326,7 +348,7 @@ class WorkerPool:
             self._queued -= 1
             if job.expiry is not None:
                 job.expiry.cancel()
-            if job.future.done():
+            if job.done:
                 continue
             remaining = job.deadline - now
             if remaining <= 0:
@@ -386,7 +408,7 @@ class WorkerPool:
         if batch is not None:
             requeue: list[Job] = []
             for index, job in enumerate(batch.jobs):
-                if index in batch.answered or job.future.done():
+                if index in batch.answered or job.done:
                     continue
                 if running is not None and index == running[0]:
                     job.resolve(
