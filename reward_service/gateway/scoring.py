@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,28 +132,45 @@ class Scorer:
         self, request: ScoreRequest, deadline: float | None = None
     ) -> asyncio.Future[ScoreResult]:
         """Start scoring ``request``; the future resolves to its result, never to an exception
-        (a bad request resolves at once with status ``invalid``)."""
-        return self._submit(request, self.deadline_for(deadline), time.monotonic())
+        (a bad request resolves at once with status ``invalid``). Cancelling the future (the
+        caller went away) withdraws the job if it is still queued."""
+        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+        queued: list[Job] = []
 
-    def _submit(
-        self, request: ScoreRequest, deadline: float, started: float
-    ) -> asyncio.Future[ScoreResult]:
+        def withdraw(_: asyncio.Future[ScoreResult]) -> None:
+            for job in queued:
+                job.resolve(_cancelled())
+
+        def deliver(result: ScoreResult) -> None:
+            if not future.done():
+                future.remove_done_callback(withdraw)  # answered: nothing left to withdraw
+                future.set_result(result)
+
+        job = self._start(request, self.deadline_for(deadline), time.monotonic(), deliver)
+        if job is not None and not future.done():
+            queued.append(job)
+            future.add_done_callback(withdraw)
+        return future
+
+    def _start(
+        self,
+        request: ScoreRequest,
+        deadline: float,
+        started: float,
+        deliver: Callable[[ScoreResult], None],
+    ) -> Job | None:
+        """Validate and queue ``request``; ``deliver`` gets its result exactly once (at once
+        for a bad or truncated request, which returns None; else when its job is answered)."""
         if not request.id:
             request.id = uuid.uuid4().hex
         domain_metrics = self._domain_metrics.get(request.domain, self._unknown_domain_metrics)
         domain_metrics.inflight.inc()
-        result_future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
-
-        watchers: list[Any] = []
 
         def finish(result: ScoreResult) -> None:
             domain_metrics.inflight.dec()
             domain_metrics.statuses[result.status].inc()
             domain_metrics.latency.observe(time.monotonic() - started)
-            if not result_future.done():  # cancelled when the caller went away (gRPC cancel)
-                for watcher in watchers:  # answered: no cancellation to forward, no callback
-                    result_future.remove_done_callback(watcher)
-                result_future.set_result(result)
+            deliver(result)
 
         if request.truncated and self.settings.truncated_reward is not None:
             finish(
@@ -164,12 +181,12 @@ class Scorer:
                     "truncated response: termination penalty applied",
                 )
             )
-            return result_future
+            return None
         try:
             job = self.prepare(request, deadline)
         except InvalidRequestError as exc:
             finish(ScoreResult(request.id, 0.0, Status.INVALID, str(exc)))
-            return result_future
+            return None
 
         def on_verdict(verdict: Verdict) -> None:
             finish(
@@ -178,16 +195,9 @@ class Scorer:
                 )
             )
 
-        def withdraw(future: asyncio.Future[ScoreResult]) -> None:
-            # The caller went away (a cancelled gRPC call): a job still queued is skipped, and
-            # the metrics record it now.
-            job.resolve(Verdict(0.0, Status.ERROR, "the caller cancelled the request"))
-
         job.on_verdict = on_verdict
-        result_future.add_done_callback(withdraw)
-        watchers.append(withdraw)
         self.pool.enqueue(job)
-        return result_future
+        return job
 
     async def score(self, request: ScoreRequest, deadline: float | None = None) -> ScoreResult:
         """Score one request; never raises for a bad request (status ``invalid`` instead)."""
@@ -196,12 +206,38 @@ class Scorer:
     async def score_many(
         self, requests: Sequence[ScoreRequest], deadline: float | None = None
     ) -> list[ScoreResult]:
-        """Score requests concurrently under one deadline; results in request order."""
+        """Score requests concurrently under one deadline; results in request order. One
+        future for the whole batch (a future per request costs more than a cheap verifier)."""
         started = time.monotonic()
         effective_deadline = self.deadline_for(deadline)
-        return list(
-            await asyncio.gather(*(self._submit(r, effective_deadline, started) for r in requests))
-        )
+        results: list[ScoreResult | None] = [None] * len(requests)
+        remaining = len(requests)
+        all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def deliverer(index: int) -> Callable[[ScoreResult], None]:
+            def deliver(result: ScoreResult) -> None:
+                nonlocal remaining
+                results[index] = result
+                remaining -= 1
+                if remaining == 0 and not all_done.done():
+                    all_done.set_result(None)
+
+            return deliver
+
+        jobs = [
+            self._start(request, effective_deadline, started, deliverer(index))
+            for index, request in enumerate(requests)
+        ]
+        if remaining == 0 and not all_done.done():
+            all_done.set_result(None)
+        try:
+            await all_done
+        except asyncio.CancelledError:  # the caller went away: withdraw what is still queued
+            for job in jobs:
+                if job is not None:
+                    job.resolve(_cancelled())
+            raise
+        return [result for result in results if result is not None]
 
     # ----------------------------------------------------------------------------- discovery
 
@@ -217,6 +253,10 @@ class Scorer:
             }
             for name, verifier in sorted(self.verifiers.items())
         ]
+
+
+def _cancelled() -> Verdict:
+    return Verdict(0.0, Status.ERROR, "the caller cancelled the request")
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
