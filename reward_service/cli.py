@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run the benchmarks and write docs/benchmarks.md.",
         description="Run the benchmarks (math throughput vs direct math-verify, gateway "
         "overhead over gRPC unary, gRPC stream and HTTP, code sandbox throughput and overhead "
-        "on HumanEval) and write the results as a Markdown table and a JSON file.",
+        "on HumanEval, reasoning_gym and ifeval throughput vs direct scoring) and write the "
+        "results as a Markdown table and a JSON file.",
     )
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     bench.add_argument("--json", type=Path, default=Path("docs/benchmarks.json"))
