@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -80,7 +81,7 @@ class SandboxResult:
     lost: str | None = None  # why the sandbox itself died or was killed during the run
 
 
-class Sandbox:
+class Sandbox(ABC):
     """A sandbox that runs submissions: :meth:`start` it (or let :meth:`run` start it), then
     :meth:`close` it. Constructors take the limits and backend-specific keyword options."""
 
@@ -89,16 +90,19 @@ class Sandbox:
     def __init__(self, limits: SandboxLimits | None = None, **options: Any) -> None:
         self.limits = limits or SandboxLimits()
 
+    @abstractmethod
     def start(self) -> None:
         """Start the sandbox (or raise :class:`SandboxUnavailableError`)."""
 
-    @classmethod
+    @classmethod  # noqa: B027 - optional: most backends can say more
     def check_available(cls) -> None:
         """Raise :class:`SandboxUnavailableError` saying why this backend cannot run here."""
 
+    @abstractmethod
     def run(self, submission: Submission) -> SandboxResult:
-        raise NotImplementedError(f"{type(self).__name__} does not implement run()")
+        """Run every test of ``submission``; never raises for what the submission does."""
 
+    @abstractmethod
     def close(self) -> None:
         """Stop the sandbox and everything in it."""
 

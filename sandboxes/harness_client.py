@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import os
 import time
+from abc import abstractmethod
 from typing import Any
 
 from sandboxes.base import (
@@ -58,17 +59,18 @@ class HarnessSandbox(Sandbox):
 
     # ----------------------------------------------------------------------------- backend part
 
+    @abstractmethod
     def launch(self, control_in: int, control_out: int, tests: int, verdicts: int) -> None:
         """Start the harness with these pipe ends as its control input, control output,
         test-code input and verdict output. Called with the worker's ends still open."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement launch()")
 
+    @abstractmethod
     def terminate(self) -> None:
         """Kill the harness and everything in the sandbox (idempotent)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement terminate()")
 
+    @abstractmethod
     def alive(self) -> bool:
-        raise NotImplementedError(f"{type(self).__name__} does not implement alive()")
+        """Whether the harness may still be running (a dead one shows as a closed pipe)."""
 
     # ----------------------------------------------------------------------------- shared part
 

@@ -155,8 +155,16 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 f"batch has {count} requests, above the limit of {self.max_batch_size} "
                 "(max_batch_size)",
             )
-        deadline = _client_deadline(context)
-        results = await asyncio.gather(*(self._submit_one(m, deadline) for m in request.requests))
+        requests: list[ScoreRequest] = []
+        early: dict[int, ScoreResult] = {}
+        for index, message in enumerate(request.requests):
+            try:
+                self._check_size(message)
+                requests.append(request_from_proto(message))
+            except InvalidRequestError as exc:
+                early[index] = ScoreResult(message.id, 0.0, Status.INVALID, str(exc))
+        scored = iter(await self.scorer.score_many(requests, _client_deadline(context)))
+        results = [early[i] if i in early else next(scored) for i in range(count)]
         return reward_pb2.ScoreBatchResponse(results=[result_to_proto(r) for r in results])
 
     async def ScoreStream(  # noqa: N802

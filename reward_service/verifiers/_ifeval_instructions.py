@@ -14,6 +14,7 @@ as a double; booleans and strings are not integers.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Annotated, Any
 
 from pydantic import (
@@ -68,9 +69,9 @@ Words = Annotated[list[Text], Field(min_length=1)]
 class InstructionArgs(StrictModel):
     """The kwargs of one instruction; :meth:`check` decides whether a text follows it."""
 
+    @abstractmethod
     def check(self, text: str) -> bool:
         """Whether ``text`` follows this instruction (``text`` is non-blank)."""
-        raise NotImplementedError
 
 
 # --- keywords ---------------------------------------------------------------------------------

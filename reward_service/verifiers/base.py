@@ -12,6 +12,7 @@ libraries' broad ``except Exception`` blocks cannot hide it).
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -60,7 +61,7 @@ class VerifierOptions(StrictModel):
     )
 
 
-class Verifier:
+class Verifier(ABC):
     """Base class of a domain's verifier.
 
     Subclasses set ``domain``, ``reference_model`` (a :class:`StrictModel` describing the
@@ -89,9 +90,9 @@ class Verifier:
         """
         return min(options.timeout_s or cls.default_timeout_s, max_timeout_s)
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Warm up once per worker process (load models, fill caches). Default: nothing."""
 
+    @abstractmethod
     def verify(self, response: str, reference: Any, options: Any) -> Verdict:
         """Score ``response`` against a validated ``reference`` under validated ``options``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement verify()")
