@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,18 @@ def _direct_score(item: tuple[str, str, dict[str, Any]]) -> float:
 
 def _direct(samples: list[tuple[str, str, dict[str, Any]]], workers: int) -> float:
     with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        pool.map(_direct_score, samples[: len(RG_TASKS) * 4], chunksize=8)  # build scorers
-        started = time.perf_counter()
-        pool.map(_direct_score, samples, chunksize=256)
-        return len(samples) / (time.perf_counter() - started)
+        pool.map(_direct_score, samples, chunksize=256)  # warm-up: scorers built, caches
+        rates = []
+        for _ in range(3):
+            started = time.perf_counter()
+            pool.map(_direct_score, samples, chunksize=256)
+            rates.append(len(samples) / (time.perf_counter() - started))
+        return statistics.median(rates)
 
 
-async def _through_service(target: str, requests: list[Any], batch: int) -> float:
+async def _through_service(target: str, requests: list[Any], batch: int, rounds: int = 3) -> float:
+    """Steady-state rewards/s: one full pass to warm up (worker cost estimates, caches,
+    allocator), then the median of ``rounds`` timed passes."""
     chunks = [requests[i : i + batch] for i in range(0, len(requests), batch)]
     async with AsyncRewardClient(target) as client:
         gate = asyncio.Semaphore(2)
@@ -69,10 +75,13 @@ async def _through_service(target: str, requests: list[Any], batch: int) -> floa
             if failed:
                 raise RuntimeError(f"{len(failed)} reasoning_gym requests failed: {failed[0]}")
 
-        await asyncio.gather(*(send(c) for c in chunks[:4]))  # warm-up
-        started = time.perf_counter()
-        await asyncio.gather(*(send(c) for c in chunks))
-        return len(requests) / (time.perf_counter() - started)
+        await asyncio.gather(*(send(c) for c in chunks))  # warm-up
+        rates = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await asyncio.gather(*(send(c) for c in chunks))
+            rates.append(len(requests) / (time.perf_counter() - started))
+        return statistics.median(rates)
 
 
 def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
@@ -144,15 +153,18 @@ def _ifeval_direct(item: tuple[str, dict[str, Any]]) -> float:
 def bench_ifeval(workers: int, quick: bool) -> dict[str, Any]:
     """The published GPT-4 responses (540 prompts) through the service, batches of 256, vs the
     verifier's own function in a process pool of the same size."""
-    samples = ifeval_samples() * (1 if quick else 4)
+    samples = ifeval_samples() * (1 if quick else 2)
     requests = [build_request("ifeval", response, ref) for response, ref in samples]
     with ServiceProcess(workers=workers, extra_args=["--domains", "ifeval"]) as service:
         service_rate = asyncio.run(_through_service(service.grpc_target, requests, 256))
     with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        pool.map(_ifeval_direct, samples[: workers * 4], chunksize=1)  # set up every process
-        started = time.perf_counter()
-        pool.map(_ifeval_direct, samples, chunksize=16)
-        direct_rate = len(samples) / (time.perf_counter() - started)
+        pool.map(_ifeval_direct, samples, chunksize=16)  # warm-up, as for the service
+        rates = []
+        for _ in range(3):
+            started = time.perf_counter()
+            pool.map(_ifeval_direct, samples, chunksize=16)
+            rates.append(len(samples) / (time.perf_counter() - started))
+        direct_rate = statistics.median(rates)
     return {
         "workers": workers,
         "requests": len(requests),

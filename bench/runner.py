@@ -149,7 +149,8 @@ def render(results: dict[str, Any]) -> str:
             f"(a third wrong answers), {rg['workers']} worker processes. Service: gRPC "
             f"`ScoreBatch` of {rg['batch']}, two in flight, to a `reward-service serve --domains "
             f"reasoning_gym` process. Direct: each task's `score_answer` in a `multiprocessing` "
-            f"pool of the same size, chunks of 256. The scorers take microseconds, so this is "
+            f"pool of the same size, chunks of 256. Both: one warm-up pass over all entries, "
+            f"then the median of three timed passes. The scorers take microseconds, so this is "
             f"the service's own cost per request.",
             "",
             "| path | rewards/s | target |",
@@ -168,7 +169,8 @@ def render(results: dict[str, Any]) -> str:
             f"Google's published GPT-4 responses to the IFEval prompts ({ifeval['requests']} "
             f"requests), {ifeval['workers']} worker processes. Service: gRPC `ScoreBatch` of "
             f"{ifeval['batch']}, two in flight. Direct: the verifier's own function in a "
-            f"`multiprocessing` pool of the same size, chunks of 16.",
+            f"`multiprocessing` pool of the same size, chunks of 16. Both: one warm-up pass, then "
+            f"the median of three timed passes.",
             "",
             "| path | rewards/s | service as % of it | target |",
             "|---|---:|---:|---|",
