@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,20 @@ async def pool() -> AsyncIterator[WorkerPool]:
     await pool.start()
     yield pool
     await pool.stop()
+
+
+@contextlib.asynccontextmanager
+async def one_worker_pool(**settings: Any) -> AsyncIterator[WorkerPool]:
+    """A started pool of one worker with the test verifiers; stopped afterwards."""
+    load_verifiers([TEST_VERIFIERS])
+    pool = WorkerPool(
+        **{"workers": 1, "domains": DOMAINS, "verifier_modules": [TEST_VERIFIERS], **settings}
+    )
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.stop()
 
 
 def job(domain: str, reference: object, *, budget: float = 5.0, deadline: float = 30.0) -> Job:
@@ -99,18 +115,13 @@ async def test_jobs_expire_in_the_queue_with_error(pool: WorkerPool) -> None:
 
 
 async def test_overload_is_refused_not_buffered() -> None:
-    load_verifiers([TEST_VERIFIERS])
-    pool = WorkerPool(workers=1, domains=DOMAINS, verifier_modules=[TEST_VERIFIERS], max_queued=3)
-    await pool.start()
-    try:
+    async with one_worker_pool(max_queued=3) as pool:
         running = pool.submit(job("test_sleep", DurationReference(seconds=0.3)))
         await asyncio.sleep(0.05)
         queued = [pool.submit(echo()) for _ in range(3)]
         refused = await pool.submit(echo())
         assert refused.status is Status.ERROR and "max_queued=3" in (refused.detail or "")
         assert all(v.status is Status.OK for v in await asyncio.gather(running, *queued))
-    finally:
-        await pool.stop()
 
 
 async def test_stop_answers_everything_with_error() -> None:
@@ -160,17 +171,8 @@ async def test_a_worker_found_dead_while_dispatching_loses_no_job(pool: WorkerPo
 
 
 async def test_a_job_waiting_behind_a_slow_one_in_its_batch_is_answered_by_its_deadline() -> None:
-    load_verifiers([TEST_VERIFIERS])
     # A large batch target puts both queued sleep jobs into one batch of the only worker.
-    pool = WorkerPool(
-        workers=1,
-        domains=DOMAINS,
-        verifier_modules=[TEST_VERIFIERS],
-        kill_grace_s=0.2,
-        batch_target_s=100,
-    )
-    await pool.start()
-    try:
+    async with one_worker_pool(kill_grace_s=0.2, batch_target_s=100) as pool:
         blocker = pool.submit(job("test_sleep", DurationReference(seconds=0.3)))
         await asyncio.sleep(0.05)
         slow = pool.submit(job("test_sleep", DurationReference(seconds=1.5)))
@@ -180,21 +182,10 @@ async def test_a_job_waiting_behind_a_slow_one_in_its_batch_is_answered_by_its_d
         assert time.monotonic() - started < 0.6 + 0.2 + 0.25
         assert verdict.status is Status.ERROR and "deadline passed" in (verdict.detail or "")
         assert (await blocker).status is Status.OK and (await slow).status is Status.OK
-    finally:
-        await pool.stop()
 
 
 async def test_a_batch_item_is_cut_at_its_deadline_not_its_full_budget() -> None:
-    load_verifiers([TEST_VERIFIERS])
-    pool = WorkerPool(
-        workers=1,
-        domains=DOMAINS,
-        verifier_modules=[TEST_VERIFIERS],
-        kill_grace_s=0.2,
-        batch_target_s=100,
-    )
-    await pool.start()
-    try:
+    async with one_worker_pool(kill_grace_s=0.2, batch_target_s=100) as pool:
         blocker = pool.submit(job("test_sleep", DurationReference(seconds=0.3)))
         await asyncio.sleep(0.05)
         # Both share one deadline (as in one ScoreBatch call); the second starts late.
@@ -206,15 +197,10 @@ async def test_a_batch_item_is_cut_at_its_deadline_not_its_full_budget() -> None
         assert verdicts[0].status is Status.OK
         assert verdicts[1].status is Status.TIMEOUT
         await blocker
-    finally:
-        await pool.stop()
 
 
 async def test_a_cancelled_queued_job_is_never_run() -> None:
-    load_verifiers([TEST_VERIFIERS])
-    pool = WorkerPool(workers=1, domains=DOMAINS, verifier_modules=[TEST_VERIFIERS])
-    await pool.start()
-    try:
+    async with one_worker_pool() as pool:
         [pid] = [w.process.pid for w in pool._workers if w is not None]
         busy = pool.submit(job("test_sleep", DurationReference(seconds=0.3)))
         await asyncio.sleep(0.05)
@@ -222,15 +208,10 @@ async def test_a_cancelled_queued_job_is_never_run() -> None:
         doomed.cancel()  # what the gateway does when the caller goes away
         assert (await busy).status is Status.OK
         assert (await pool.submit(echo())).metrics["pid"] == pid  # the same worker: never crashed
-    finally:
-        await pool.stop()
 
 
 async def test_expired_jobs_do_not_count_against_max_queued() -> None:
-    load_verifiers([TEST_VERIFIERS])
-    pool = WorkerPool(workers=1, domains=DOMAINS, verifier_modules=[TEST_VERIFIERS], max_queued=3)
-    await pool.start()
-    try:
+    async with one_worker_pool(max_queued=3) as pool:
         running = pool.submit(job("test_sleep", DurationReference(seconds=0.5)))
         await asyncio.sleep(0.05)
         short = [pool.submit(job("test_echo", EchoReference(), deadline=0.1)) for _ in range(3)]
@@ -240,5 +221,3 @@ async def test_expired_jobs_do_not_count_against_max_queued() -> None:
         accepted = pool.submit(echo())
         assert (await running).status is Status.OK
         assert (await accepted).status is Status.OK
-    finally:
-        await pool.stop()
