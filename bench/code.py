@@ -14,15 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import humaneval
+from bench.gateway import percentile
 from bench.service import ServiceProcess
 from trainer.client import AsyncRewardClient, RewardClient
 
 VERL_SCRIPT = Path(__file__).with_name("verl_prime_code.py")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def own_run_time(problem: dict) -> float:

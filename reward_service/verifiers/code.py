@@ -193,7 +193,7 @@ class CodeVerifier(Verifier):
     ) -> Verdict:
         metrics: dict[str, Any] = {"run_time_s": result.elapsed_s, "language": submission.language}
         if result.compile_error is not None:
-            metrics.update(tests_passed=0, tests_total=_total(reference, None))
+            metrics.update(tests_passed=0, tests_total=len(reference.tests))
             return Verdict(0.0, detail=f"compile error: {result.compile_error}", metrics=metrics)
         if submission.mode == "assert":
             verdicts = result.assert_verdicts or []
@@ -231,10 +231,6 @@ class CodeVerifier(Verifier):
         except (ValueError, KeyError, TypeError):
             return False
         return call_result_matches(actual, wanted)
-
-
-def _total(reference: CodeReference, verdicts: list[Any] | None) -> int:
-    return len(reference.tests) if reference.tests else len(verdicts or [])
 
 
 def _first_failure(result: SandboxResult, failed: list[int]) -> str:
