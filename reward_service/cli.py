@@ -11,10 +11,11 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -23,10 +24,18 @@ from reward_service.settings import Settings
 log = logging.getLogger("reward_service")
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+def _add_settings_flags(
+    parser: argparse.ArgumentParser, renamed: dict[str, tuple[str, str]] | None = None
+) -> None:
+    """One flag per settings field; ``renamed`` maps a field to (flag, help) for commands
+    where the field has a better name (``worker --concurrency`` for ``workers``)."""
     group = parser.add_argument_group("service settings (also REWARD_SERVICE_<NAME> variables)")
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        if renamed and name in renamed:
+            flag, text = renamed[name]
+            group.add_argument(flag, dest=name, default=None, metavar="N", help=text)
+            continue
         default = info.get_default(call_default_factory=False)
         shown = "" if info.default_factory is not None else f" (default: {default})"
         group.add_argument(flag, dest=name, default=None, help=f"{info.description}{shown}")
@@ -54,11 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="Run the gateway with an embedded worker pool (gRPC 50051, HTTP 8000).",
+        help="Run the gateway (gRPC 50051, HTTP 8000), with embedded workers or onto Redis.",
         description="Run the gateway: gRPC and HTTP APIs in front of a local pool of verifier "
-        "worker processes (embedded mode, no Redis needed).",
+        "worker processes (embedded mode, no Redis needed), or, with --redis-url, in front of "
+        "Redis Streams served by `reward-service worker` processes (distributed mode).",
     )
     _add_settings_flags(serve)
+
+    worker = commands.add_parser(
+        "worker",
+        help="Run distributed verifier workers that take jobs from Redis.",
+        description="Take jobs of the given domains (--domains, default all) from Redis "
+        "Streams and answer them with a local pool of verifier processes; HTTP /metrics, "
+        "/healthz and /readyz on --metrics-port. SIGTERM drains: no new jobs, the held ones "
+        "finish (up to --drain-timeout-s) or go back to the stream.",
+    )
+    _add_settings_flags(
+        worker,
+        renamed={
+            "workers": (
+                "--concurrency",
+                "Verifier processes of this worker (default: one per CPU; REWARD_SERVICE_WORKERS).",
+            )
+        },
+    )
 
     score = commands.add_parser(
         "score",
@@ -249,18 +277,38 @@ async def _score_file(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class _Service(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def _run_until_signalled(build: Callable[[], _Service]) -> None:
+    """Build and start a service, run until SIGINT or SIGTERM, then stop it gracefully."""
+    service = build()
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await service.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         from reward_service.gateway.server import RewardServer
+        from reward_service.workers.node import WorkerNode
 
+        service_class = RewardServer if args.command == "serve" else WorkerNode
         settings = _settings_from(args)
         try:
-            asyncio.run(RewardServer(settings).serve_forever())
+            asyncio.run(_run_until_signalled(lambda: service_class(settings)))
         except (OSError, RuntimeError, ValueError) as exc:
             raise SystemExit(f"reward-service: {exc}") from None
         return 0

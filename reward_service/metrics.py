@@ -77,3 +77,76 @@ class ServiceMetrics:
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+class QueueMetrics:
+    """Metrics of distributed mode, on the registry of a :class:`ServiceMetrics` (gateways and
+    workers each fill in the ones they observe)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # Observed by gateways (they poll Redis).
+        self.redis_up = Gauge(
+            "reward_service_redis_up", "1 when Redis answered the last poll.", registry=registry
+        )
+        self.stream_length = Gauge(
+            "reward_service_stream_length",
+            "Jobs in a domain's stream, waiting or running (the backlog autoscalers watch).",
+            ["domain"],
+            registry=registry,
+        )
+        self.stream_pending = Gauge(
+            "reward_service_stream_pending",
+            "Jobs of a domain handed to a worker and not yet answered.",
+            ["domain"],
+            registry=registry,
+        )
+        self.dead_letters = Gauge(
+            "reward_service_dead_letters",
+            "Entries in a domain's dead-letter stream.",
+            ["domain"],
+            registry=registry,
+        )
+        self.workers_live = Gauge(
+            "reward_service_workers_live",
+            "Worker processes of a domain whose heartbeat is recent.",
+            ["domain"],
+            registry=registry,
+        )
+        self.dropped_results = Counter(
+            "reward_service_dropped_results",
+            "Results a gateway dropped: late (the request was already answered), duplicate, "
+            "or unreadable.",
+            ["reason"],
+            registry=registry,
+        )
+        self.republished = Counter(
+            "reward_service_republished_jobs",
+            "Jobs a gateway sent again because Redis lost its data (a restart without "
+            "persistence).",
+            registry=registry,
+        )
+        # Observed by workers.
+        self.redeliveries = Counter(
+            "reward_service_redeliveries",
+            "Jobs a worker reclaimed from another that stopped renewing its claim.",
+            ["domain"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "reward_service_dead_lettered",
+            "Jobs a worker moved to the dead-letter stream, by reason.",
+            ["domain", "reason"],
+            registry=registry,
+        )
+        self.duplicate_results = Counter(
+            "reward_service_duplicate_results",
+            "Results a worker computed for a job another worker had already answered.",
+            ["domain"],
+            registry=registry,
+        )
+        self.reused_results = Counter(
+            "reward_service_reused_results",
+            "Jobs answered from the stored result of an identical earlier request, not run.",
+            ["domain"],
+            registry=registry,
+        )

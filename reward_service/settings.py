@@ -44,6 +44,57 @@ class Settings(BaseSettings):
         description="Extra Python modules that register verifiers (plugins), comma separated.",
     )
 
+    # Distributed mode
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0, rediss:// for TLS). `serve` with it routes "
+        "requests onto Redis Streams for `worker` processes instead of running its own "
+        "workers; `worker` needs it.",
+    )
+    redis_prefix: str = Field(
+        "reward",
+        min_length=1,
+        description="Prefix of every Redis key (<prefix>:jobs:<domain> streams, ...): lets "
+        "several deployments share one Redis.",
+    )
+    max_stream_length: int = Field(
+        100_000,
+        gt=0,
+        description="Most jobs waiting or running in one domain's stream; beyond it the "
+        "gateway answers new requests `error` (overloaded) instead of growing Redis.",
+    )
+    visibility_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A job held by a worker that stopped renewing its claim this long (it "
+        "died) is handed to another worker.",
+    )
+    max_deliveries: int = Field(
+        5,
+        ge=1,
+        description="Times a job is handed to a worker before it is dead-lettered and answered "
+        "`error`.",
+    )
+    result_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long a result is kept in Redis to answer a retried request (same id "
+        "and content) without scoring it again.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM a worker stops taking jobs and waits this long for the ones it "
+        "holds, then hands the rest back.",
+    )
+    metrics_port: int = Field(
+        9100,
+        ge=0,
+        le=65535,
+        description="HTTP port of a `worker` process: /metrics, /healthz, /readyz (0 picks a "
+        "free one).",
+    )
+
     # Limits and deadlines
     max_request_bytes: int = Field(
         4 * 1024 * 1024, gt=0, description="Largest accepted request body / message, in bytes."

@@ -17,6 +17,7 @@ from reward_service.verifiers.registry import register
 
 class EchoReference(StrictModel):
     reward: float = 1.0
+    seconds: float = 0.0  # sleep this long first (work that takes time)
 
 
 class DurationReference(StrictModel):
@@ -26,10 +27,12 @@ class DurationReference(StrictModel):
 @register
 class EchoVerifier(Verifier):
     domain = "test_echo"
-    description = "Test-only: returns the reward from the reference."
+    description = "Test-only: returns the reward from the reference (after reference.seconds)."
     reference_model = EchoReference
 
     def verify(self, response: str, reference: EchoReference, options: object) -> Verdict:
+        if reference.seconds:
+            time.sleep(reference.seconds)
         return Verdict(reference.reward, metrics={"pid": os.getpid(), "length": len(response)})
 
 

@@ -586,11 +586,11 @@ def test_there_are_at_least_30_hostile_programs() -> None:
 def test_hostile_program_is_contained(
     name: str, spec: object, expected: float, server: ServerThread, client: RewardClient
 ) -> None:
-    pids = {w.process.pid for w in server.server.pool._workers if w is not None}
+    pids = {w.process.pid for w in server.server.queue._workers if w is not None}
     [result] = client.score_batch([_request(name, spec, server)])
     assert result.reward == expected, (result.status, result.detail, result.metrics)
     assert result.status in ("ok", "timeout"), result.detail
     [honest] = client.score_batch([HONEST])
     assert (honest.reward, honest.status) == (1.0, "ok"), honest.detail
-    assert {w.process.pid for w in server.server.pool._workers if w is not None} == pids
+    assert {w.process.pid for w in server.server.queue._workers if w is not None} == pids
     assert not os.path.exists(HOST_MARKER)

@@ -91,7 +91,7 @@ def test_sympy_hang_is_cut_off_at_its_deadline_and_others_keep_flowing(
     assert [r.reward for r in during] == [expected_reward(r) for r in math_requests(60)]
     assert [r.reward for r in after] == [expected_reward(r) for r in math_requests(60, 60)]
     assert server.server is not None
-    assert server.server.pool.ready_workers == server.settings.workers
+    assert server.server.queue.ready_workers == server.settings.workers
 
 
 def test_hard_integral_times_out_without_losing_the_worker(server: ServerThread) -> None:

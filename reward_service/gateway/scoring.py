@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
@@ -22,7 +22,13 @@ from pydantic import ValidationError
 from reward_service.metrics import ServiceMetrics
 from reward_service.settings import Settings
 from reward_service.verifiers.base import MetricValue, Status, Verdict, Verifier
-from reward_service.workers.pool import Job, WorkerPool
+
+if TYPE_CHECKING:
+    from reward_service.queue import JobQueue
+from reward_service.workers.pool import Job
+
+# Time kept between answering a request and its client's deadline, for the answer to arrive.
+ANSWER_TRAVEL_S = 0.05
 
 
 class InvalidRequestError(ValueError):
@@ -79,17 +85,18 @@ class _DomainMetrics:
 
 
 class Scorer:
-    """Validates requests, sends them to the worker pool, and records what happened."""
+    """Validates requests, sends them to a job queue (the embedded worker pool, or Redis in
+    distributed mode), and records what happened."""
 
     def __init__(
         self,
         settings: Settings,
-        pool: WorkerPool,
+        queue: JobQueue,
         verifiers: Mapping[str, type[Verifier]],
         metrics: ServiceMetrics,
     ) -> None:
         self.settings = settings
-        self.pool = pool
+        self.queue = queue
         self.verifiers = dict(verifiers)
         self.metrics = metrics
         self._domain_metrics = {d: _DomainMetrics(metrics, d) for d in self.verifiers}
@@ -122,9 +129,13 @@ class Scorer:
         return Job(request.domain, request.response, reference, options, budget, deadline)
 
     def deadline_for(self, client_deadline: float | None) -> float:
-        """The request's deadline: the client's, but never later than the server's default."""
+        """The request's deadline: the client's (less the time an answer takes to reach it,
+        so that a request that runs out of time gets its ``error``, not DEADLINE_EXCEEDED),
+        but never later than the server's default."""
         server_deadline = time.monotonic() + self.settings.request_timeout_s
-        return server_deadline if client_deadline is None else min(client_deadline, server_deadline)
+        if client_deadline is None:
+            return server_deadline
+        return min(client_deadline - ANSWER_TRAVEL_S, server_deadline)
 
     # ----------------------------------------------------------------------------- scoring
 
@@ -146,21 +157,25 @@ class Scorer:
                 future.remove_done_callback(withdraw)  # answered: nothing left to withdraw
                 future.set_result(result)
 
-        job = self._start(request, self.deadline_for(deadline), time.monotonic(), deliver)
+        job = self.start(request, self.deadline_for(deadline), deliver)
         if job is not None and not future.done():
             queued.append(job)
             future.add_done_callback(withdraw)
         return future
 
-    def _start(
+    def start(
         self,
         request: ScoreRequest,
         deadline: float,
-        started: float,
         deliver: Callable[[ScoreResult], None],
+        started: float | None = None,
     ) -> Job | None:
-        """Validate and queue ``request``; ``deliver`` gets its result exactly once (at once
-        for a bad or truncated request, which returns None; else when its job is answered)."""
+        """Validate and queue ``request`` (``deadline`` on the ``time.monotonic`` clock);
+        ``deliver`` gets its result exactly once (at once for a bad or truncated request, which
+        returns None; else when its job is answered). ``started`` is when the request arrived,
+        for the latency metric (default: now)."""
+        if started is None:
+            started = time.monotonic()
         if not request.id:
             request.id = uuid.uuid4().hex
         domain_metrics = self._domain_metrics.get(request.domain, self._unknown_domain_metrics)
@@ -196,7 +211,8 @@ class Scorer:
             )
 
         job.on_verdict = on_verdict
-        self.pool.enqueue(job)
+        job.request = request
+        self.queue.enqueue(job)
         return job
 
     async def score(self, request: ScoreRequest, deadline: float | None = None) -> ScoreResult:
@@ -225,7 +241,7 @@ class Scorer:
             return deliver
 
         jobs = [
-            self._start(request, effective_deadline, started, deliverer(index))
+            self.start(request, effective_deadline, deliverer(index), started)
             for index, request in enumerate(requests)
         ]
         if remaining == 0 and not all_done.done():

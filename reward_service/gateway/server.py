@@ -1,11 +1,11 @@
-"""Assembles and runs the gateway: worker pool, scorer, gRPC and HTTP on one event loop."""
+"""Assembles and runs the gateway: job queue (embedded worker pool, or Redis in distributed
+mode), scorer, gRPC and HTTP on one event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import AsyncIterator, Mapping
 
@@ -15,7 +15,9 @@ from grpc_health.v1 import health, health_pb2
 from reward_service.gateway.grpc_api import SERVICE_NAME, build_grpc_server
 from reward_service.gateway.http_api import build_http_app
 from reward_service.gateway.scoring import Scorer
-from reward_service.metrics import ServiceMetrics
+from reward_service.metrics import QueueMetrics, ServiceMetrics
+from reward_service.queue import JobQueue
+from reward_service.queue.dispatcher import RedisDispatcher
 from reward_service.settings import Settings
 from reward_service.verifiers.base import Verifier
 from reward_service.verifiers.registry import load_verifiers
@@ -55,8 +57,26 @@ def build_pool(
     )
 
 
+def build_queue(
+    settings: Settings, verifiers: Mapping[str, type[Verifier]], metrics: ServiceMetrics
+) -> JobQueue:
+    """Redis Streams when ``settings.redis_url`` is set (distributed mode), else the embedded
+    worker pool."""
+    if settings.redis_url:
+        return RedisDispatcher(
+            redis_url=settings.redis_url,
+            prefix=settings.redis_prefix,
+            domains=list(verifiers),
+            max_queued=settings.max_queued,
+            max_stream_length=settings.max_stream_length,
+            metrics=QueueMetrics(metrics.registry),
+        )
+    return build_pool(settings, verifiers, metrics)
+
+
 class RewardServer:
-    """One gateway instance in embedded mode. ``await start()``, then ``await stop()``.
+    """One gateway instance: embedded workers, or a router onto Redis when
+    ``settings.redis_url`` is set. ``await start()``, then ``await stop()``.
 
     After :meth:`start`, :attr:`grpc_port` and :attr:`http_port` hold the bound ports (useful
     when the settings asked for port 0).
@@ -66,8 +86,8 @@ class RewardServer:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.verifiers = served_verifiers(settings)
-        self.pool = build_pool(settings, self.verifiers, self.metrics)
-        self.scorer = Scorer(settings, self.pool, self.verifiers, self.metrics)
+        self.queue = build_queue(settings, self.verifiers, self.metrics)
+        self.scorer = Scorer(settings, self.queue, self.verifiers, self.metrics)
         self.health = health.aio.HealthServicer()
         self.grpc_port = settings.grpc_port
         self.http_port = settings.http_port
@@ -76,10 +96,10 @@ class RewardServer:
         self._grpc = None
 
     def is_ready(self) -> bool:
-        return self.pool.running and self.pool.ready_workers > 0
+        return self.queue.is_ready()
 
     async def start(self) -> None:
-        """Start workers, then gRPC and HTTP; on any failure, undo what was started."""
+        """Start the queue, then gRPC and HTTP; on any failure, undo what was started."""
         try:
             await self._start()
         except BaseException:
@@ -87,7 +107,7 @@ class RewardServer:
             raise
 
     async def _start(self) -> None:
-        await self.pool.start()
+        await self.queue.start()
         host = self.settings.host
         self._grpc, self.grpc_port = build_grpc_server(
             self.scorer, self.health, f"{_grpc_host(host)}:{self.settings.grpc_port}"
@@ -116,13 +136,18 @@ class RewardServer:
             await asyncio.sleep(0.01)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        workers = (
+            f"jobs to Redis at {self.settings.redis_url}"
+            if self.settings.redis_url
+            else f"{self.settings.workers} worker processes"
+        )
         log.info(
-            "reward service ready: gRPC %s:%d, HTTP %s:%d, %d workers, domains %s",
+            "reward service ready: gRPC %s:%d, HTTP %s:%d, %s, domains %s",
             host,
             self.grpc_port,
             host,
             self.http_port,
-            self.settings.workers,
+            workers,
             ", ".join(self.verifiers),
         )
 
@@ -136,18 +161,7 @@ class RewardServer:
         if self._http_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._http_task, max(grace_s, 1.0))
-        await self.pool.stop()
-
-    async def serve_forever(self) -> None:
-        """Run until SIGINT or SIGTERM, then shut down gracefully."""
-        await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down")
-        await self.stop()
+        await self.queue.stop()
 
 
 def _grpc_host(host: str) -> str:

@@ -59,6 +59,8 @@ class Job:
     budget_s: float
     deadline: float
     on_verdict: Callable[[Verdict], None] | None = None
+    # The ScoreRequest it was built from: what a queue that crosses processes sends as is.
+    request: Any = None
     future: asyncio.Future[Verdict] | None = field(init=False, default=None)
     expiry: asyncio.TimerHandle | None = field(init=False, default=None)
     done: bool = field(init=False, default=False)
@@ -249,6 +251,13 @@ class WorkerPool:
                 if worker.process.is_alive():
                     worker.process.kill()
         self._workers = [None] * self.size
+
+    def is_ready(self) -> bool:
+        return self.running and self.ready_workers > 0
+
+    def cost_estimate(self, domain: str) -> float:
+        """Recent verifier time of one ``domain`` item, in seconds (an moving average)."""
+        return self._cost[domain]
 
     @property
     def ready_workers(self) -> int:

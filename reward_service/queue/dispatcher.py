@@ -1,0 +1,353 @@
+"""The gateway's side of distributed mode: jobs onto Redis Streams, results back.
+
+Each gateway instance has an id and its own replies stream; a job carries the gateway's token
+for it and the name of that stream, so results come back to the instance that owns the
+request. What the gateway promises (:class:`~reward_service.queue.JobQueue`): every job is
+answered exactly once, by its deadline (workers get a slightly earlier one, so that their
+answer has time to come back):
+
+- Jobs go out through an outbox (one pipelined XADD per batch). While Redis is unreachable they
+  wait there and go out when it is back; a job whose deadline passes first is answered
+  ``error``, like any job that no worker answered in time.
+- A result whose token is no longer waited for (answered already: late, duplicate, or forged)
+  is dropped and counted.
+- If Redis loses its data (a restart without persistence: the epoch key vanished), every job
+  still waited for is published again; workers' idempotency keys make that safe.
+- Backpressure: a domain whose stream holds ``max_stream_length`` jobs, or a gateway already
+  waiting for ``max_queued``, answers new jobs ``error`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from reward_service.metrics import QueueMetrics
+from reward_service.queue import streams
+from reward_service.queue.streams import JobMessage, Keys
+from reward_service.verifiers.base import Status, Verdict
+from reward_service.workers.pool import Job
+
+log = logging.getLogger(__name__)
+
+PUBLISH_BATCH = 512
+READ_BATCH = 1024
+READ_BLOCK_MS = 1000
+MONITOR_INTERVAL_S = 0.5
+# Workers get a deadline this much earlier than the request's (at most this fraction of the
+# time left), so that their answer (a timeout, at worst) crosses Redis before the caller gives up.
+DEADLINE_MARGIN_S = 0.2
+DEADLINE_MARGIN_FRACTION = 0.2
+# A worker whose last heartbeat is older than this is not counted as live.
+HEARTBEAT_TIMEOUT_S = 10.0
+MAX_BACKOFF_S = 2.0
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """A job this gateway waits for."""
+
+    job: Job
+    stream: str
+    message: bytes
+    published: bool = False
+
+
+class RedisDispatcher:
+    """Routes jobs onto ``<prefix>:jobs:<domain>`` streams and delivers the results."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        prefix: str,
+        domains: Sequence[str],
+        max_queued: int,
+        max_stream_length: int,
+        metrics: QueueMetrics,
+    ) -> None:
+        self.redis_url = redis_url
+        self.keys = Keys(prefix)
+        self.domains = list(domains)
+        self.max_queued = max_queued
+        self.max_stream_length = max_stream_length
+        self.metrics = metrics
+        self.gateway_id = uuid.uuid4().hex[:16]
+        self.replies = self.keys.replies(self.gateway_id)
+        self.running = False
+        self.redis: Redis | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._outbox: deque[str] = deque()
+        self._tokens = itertools.count()
+        self._backlog = dict.fromkeys(self.domains, 0)
+        self._live_workers = dict.fromkeys(self.domains, 0)
+        self._last_reply_id: bytes | str = "0-0"
+        self._epoch: bytes | None = None
+        self._redis_ok = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.loop: asyncio.AbstractEventLoop
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Connect and start the publisher, reader and monitor. A Redis that is not reachable
+        yet is not an error: the gateway reports not ready until it is."""
+        self.loop = asyncio.get_running_loop()
+        self.redis = streams.connect(self.redis_url)
+        self.running = True
+        try:
+            await self._check_epoch()
+        except (RedisError, OSError) as exc:
+            log.warning("Redis at %s is not reachable yet: %s", self.redis_url, exc)
+        for name, loop in (
+            ("publisher", self._publish_loop),
+            ("reader", self._read_loop),
+            ("monitor", self._monitor_loop),
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=f"redis-{name}"))
+
+    async def stop(self) -> None:
+        self.running = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await task
+        self._tasks.clear()
+        pending, self._pending = self._pending, {}
+        self._outbox.clear()
+        for entry in pending.values():
+            self._answer(entry, Verdict(0.0, Status.ERROR, "service shutting down"))
+        if self.redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(self.replies)
+            await self.redis.aclose()
+
+    def is_ready(self) -> bool:
+        return self.running and self._redis_ok
+
+    @property
+    def waiting(self) -> int:
+        """Jobs sent (or about to be) and not answered yet."""
+        return len(self._pending)
+
+    # ----------------------------------------------------------------------------- submitting
+
+    def enqueue(self, job: Job) -> None:
+        if not self.running:
+            job.resolve(Verdict(0.0, Status.ERROR, "the gateway is not running"))
+            return
+        if len(self._pending) >= self.max_queued:
+            job.resolve(
+                Verdict(
+                    0.0,
+                    Status.ERROR,
+                    f"server overloaded: {len(self._pending)} requests already waiting "
+                    f"(max_queued={self.max_queued})",
+                )
+            )
+            return
+        stream = self.keys.jobs(job.domain)
+        if self._backlog[job.domain] >= self.max_stream_length:
+            job.resolve(
+                Verdict(
+                    0.0,
+                    Status.ERROR,
+                    f"server overloaded: stream {stream} holds {self._backlog[job.domain]} "
+                    f"jobs (max_stream_length={self.max_stream_length})",
+                )
+            )
+            return
+        request = job.request
+        token = format(next(self._tokens), "x")
+        remaining = job.deadline - time.monotonic()
+        margin = min(DEADLINE_MARGIN_S, DEADLINE_MARGIN_FRACTION * remaining)
+        message = JobMessage(
+            key=streams.idempotency_key(
+                request.id, job.domain, job.response, request.reference, request.options
+            ),
+            token=token,
+            replies=self.replies,
+            deadline=time.time() + remaining - margin,
+            domain=job.domain,
+            id=request.id,
+            response=job.response,
+            reference=dict(request.reference),
+            options=dict(request.options or {}),
+        )
+        self._pending[token] = _Pending(job, stream, message.encode())
+        self._backlog[job.domain] += 1
+        job.expiry = self.loop.call_at(job.deadline, self._expire, token)
+        self._outbox.append(token)
+        self._wake.set()
+
+    def _answer(self, entry: _Pending, verdict: Verdict) -> None:
+        if entry.job.expiry is not None:
+            entry.job.expiry.cancel()
+        entry.job.resolve(verdict)
+
+    def _expire(self, token: str) -> None:
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            return
+        domain = entry.job.domain
+        if not entry.published:
+            why = "Redis was unreachable until the deadline"
+        elif self._live_workers.get(domain, 0) == 0:
+            why = f"no worker for domain {domain!r} is running"
+        else:
+            why = f"workers of domain {domain!r} did not answer in time (overloaded?)"
+        entry.job.resolve(Verdict(0.0, Status.ERROR, f"deadline passed: {why}"))
+
+    # ----------------------------------------------------------------------------- loops
+
+    async def _publish_loop(self) -> None:
+        assert self.redis is not None
+        failures = 0
+        while True:
+            if not self._outbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            tokens: list[str] = []
+            pipe = self.redis.pipeline(transaction=False)
+            while self._outbox and len(tokens) < PUBLISH_BATCH:
+                token = self._outbox.popleft()
+                entry = self._pending.get(token)
+                if entry is not None:  # else answered meanwhile (expired): nothing to send
+                    tokens.append(token)
+                    pipe.xadd(entry.stream, {streams.JOB_FIELD: entry.message})
+            if not tokens:
+                continue
+            try:
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._outbox.extendleft(reversed(tokens))
+                failures += 1
+                await self._backoff("publish", exc, failures)
+                continue
+            failures = 0
+            for token in tokens:
+                entry = self._pending.get(token)
+                if entry is not None:
+                    entry.published = True
+
+    async def _read_loop(self) -> None:
+        assert self.redis is not None
+        failures = 0
+        while True:
+            try:
+                response = await self.redis.xread(
+                    {self.replies: self._last_reply_id}, count=READ_BATCH, block=READ_BLOCK_MS
+                )
+                if response:
+                    for _stream, entries in response:
+                        for entry_id, fields in entries:
+                            self._last_reply_id = entry_id
+                            self._on_reply(fields)
+                    await self.redis.xtrim(self.replies, minid=self._last_reply_id)
+                failures = 0
+            except (RedisError, OSError) as exc:
+                failures += 1
+                await self._backoff("read replies", exc, failures)
+
+    def _on_reply(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            token = fields[streams.TOKEN_FIELD].decode()
+            reward, status, detail, metrics = streams.decode_result(fields[streams.VALUE_FIELD])
+            verdict = Verdict(reward, Status(status), detail, metrics)
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+            self.metrics.dropped_results.labels("unreadable").inc()
+            log.warning("dropped an unreadable entry of %s: %r", self.replies, fields)
+            return
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            self.metrics.dropped_results.labels("late_or_duplicate").inc()
+            return
+        self._answer(entry, verdict)
+
+    async def _monitor_loop(self) -> None:
+        """Poll the epoch (data loss), stream lengths and heartbeats; keep metrics current."""
+        assert self.redis is not None
+        while True:
+            try:
+                await self._check_epoch()
+                await self._poll_streams()
+                self._redis_ok = True
+                self.metrics.redis_up.set(1)
+            except (RedisError, OSError) as exc:
+                if self._redis_ok:
+                    log.warning("lost Redis at %s: %s", self.redis_url, exc)
+                self._redis_ok = False
+                self.metrics.redis_up.set(0)
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+
+    async def _check_epoch(self) -> None:
+        assert self.redis is not None
+        await self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+        epoch = await self.redis.get(self.keys.epoch)
+        if self._epoch is not None and epoch != self._epoch:
+            self._republish()
+        if epoch != self._epoch:
+            for domain in self.domains:
+                await streams.ensure_group(self.redis, self.keys.jobs(domain))
+        self._epoch = epoch
+
+    def _republish(self) -> None:
+        """Redis lost its data: send again every job still waited for."""
+        lost = [token for token, entry in self._pending.items() if entry.published]
+        log.warning("Redis lost its data (restarted?); publishing %d jobs again", len(lost))
+        queued = set(self._outbox)
+        for token in lost:
+            self._pending[token].published = False
+            if token not in queued:
+                self._outbox.appendleft(token)
+        self._last_reply_id = "0-0"
+        self.metrics.republished.inc(len(lost))
+        self._wake.set()
+
+    async def _poll_streams(self) -> None:
+        assert self.redis is not None
+        cutoff = time.time() - HEARTBEAT_TIMEOUT_S
+        pipe = self.redis.pipeline(transaction=False)
+        for domain in self.domains:
+            pipe.xlen(self.keys.jobs(domain))
+            pipe.xpending(self.keys.jobs(domain), streams.GROUP)
+            pipe.xlen(self.keys.dead(domain))
+            pipe.zcount(self.keys.heartbeats(domain), cutoff, "+inf")
+        results = await pipe.execute(raise_on_error=False)
+        unpublished = dict.fromkeys(self.domains, 0)
+        for token in self._outbox:
+            entry = self._pending.get(token)
+            if entry is not None:
+                unpublished[entry.job.domain] += 1
+        for index, domain in enumerate(self.domains):
+            length, pending, dead, live = results[4 * index : 4 * index + 4]
+            for value in (length, dead, live):
+                if isinstance(value, (RedisError, OSError)):
+                    raise value
+            self._backlog[domain] = int(length) + unpublished[domain]
+            self._live_workers[domain] = int(live)
+            self.metrics.stream_length.labels(domain).set(int(length))
+            if isinstance(pending, dict):  # else NOGROUP: no worker group yet
+                self.metrics.stream_pending.labels(domain).set(pending["pending"])
+            self.metrics.dead_letters.labels(domain).set(int(dead))
+            self.metrics.workers_live.labels(domain).set(int(live))
+
+    async def _backoff(self, what: str, exc: BaseException, failures: int) -> None:
+        self._redis_ok = False
+        self.metrics.redis_up.set(0)
+        if failures == 1:
+            log.warning("Redis %s failed (%s); retrying", what, exc)
+        await asyncio.sleep(min(0.05 * 2**failures, MAX_BACKOFF_S))
