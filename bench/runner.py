@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.code import bench_code
+from bench.distributed import bench_distributed
 from bench.domains import bench_ifeval, bench_reasoning_gym
 from bench.gateway import bench_math, bench_overhead
 
@@ -179,7 +180,67 @@ def render(results: dict[str, Any]) -> str:
             f"{_verdict(ratio >= 0.9)} |",
             "",
         ]
+    lines += _render_distributed(results.get("distributed"))
     return "\n".join(lines)
+
+
+def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
+    if not dist:
+        return []
+    emb, rem = dist["embedded"], dist["distributed"]
+    mix = ", ".join(f"{domain} {100 * share:.0f}%" for domain, share in dist["mix"].items())
+    lost = dist["requests"] - rem["statuses"].get("ok", 0)
+    lines = [
+        "## Distributed mode: gateway + Redis + workers",
+        "",
+        f"{dist['requests']:,} requests ({mix}; code: HumanEval canonical and broken "
+        f"solutions, the rest distinct or cycled samples), shuffled and streamed on one gRPC "
+        f"`ScoreStream` with {dist['window']} in flight, after a warm-up pass. *Embedded*: "
+        f"`reward-service serve` with {dist['workers']} worker processes. *Distributed*: "
+        f"`serve --redis-url` (no workers of its own), a `redis-server`, and one "
+        f"`reward-service worker --concurrency {dist['workers']}`; all on this machine, so "
+        f"the gateway, Redis and the workers share its {dist['workers']} cores.",
+        "",
+        "| mode | requests/s | p50 | p90 | p99 | statuses |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, run in (("embedded", emb), ("distributed", rem)):
+        latency = run["latency_ms"]
+        statuses = ", ".join(f"{k}: {v:,}" for k, v in sorted(run["statuses"].items()))
+        lines.append(
+            f"| {name} | {run['per_s']:.0f} | {latency['p50']:.0f} ms | {latency['p90']:.0f} ms "
+            f"| {latency['p99']:.0f} ms | {statuses} |"
+        )
+    unary = dist["unary_noop_p50_ms"]
+    lines += [
+        "",
+        f"- No loss: {_verdict(lost == 0)}; {lost} of {dist['requests']:,} requests not `ok`, "
+        f"{dist['rewards_differing']} rewards differ from embedded mode's, jobs left in Redis "
+        f"streams or dead letters: {dist['redis_leftovers'] or 'none'}.",
+        f"- Overhead of distributed over embedded on the same work: throughput "
+        f"{100 * (1 - rem['per_s'] / emb['per_s']):.0f}% lower; sequential unary calls of a "
+        f"no-op verifier p50 {unary['distributed']:.2f} ms vs {unary['embedded']:.2f} ms "
+        f"(+{unary['distributed'] - unary['embedded']:.2f} ms for the two Redis hops).",
+        "",
+        "Scaling out: the gateway and Redis, then one `reward-service worker --concurrency 1`, "
+        "then a second one beside it (same consumer group). *Busy cores*: CPU time of the "
+        "whole machine (gateway, Redis, workers, sandboxes, client) over the run, from "
+        "`/proc/stat`: one worker can keep more than one core busy when its work runs in "
+        "other processes (code runs in sandbox processes beside the worker), which caps what "
+        "a second worker can add on 2 cores.",
+        "",
+        "| domain | 1 worker process | 2 worker processes | ratio | busy cores (1 / 2) | target |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for domain, scaling in dist["scaling"].items():
+        lines.append(
+            f"| {domain} | {scaling['one_worker_per_s']:.0f}/s | "
+            f"{scaling['two_workers_per_s']:.0f}/s | {scaling['ratio']:.2f}x | "
+            f"{scaling['one_worker_busy_cores']:.2f} / {scaling['two_workers_busy_cores']:.2f} "
+            f"| >= 1.8x: {_verdict(scaling['ratio'] >= 1.8)} |"
+        )
+    lines.append("")
+    return lines
 
 
 BENCHMARKS = {
@@ -188,6 +249,7 @@ BENCHMARKS = {
     "code": lambda args, workers: bench_code(workers, args.quick, args.verl_python),
     "reasoning_gym": lambda args, workers: bench_reasoning_gym(workers, args.quick),
     "ifeval": lambda args, workers: bench_ifeval(workers, args.quick),
+    "distributed": lambda args, workers: bench_distributed(workers, args.quick),
 }
 
 

@@ -1,4 +1,5 @@
-"""Start ``reward-service serve`` in a child process for a benchmark, on free ports."""
+"""Start ``reward-service serve`` (or ``worker``) in a child process for a benchmark, on free
+ports."""
 
 from __future__ import annotations
 
@@ -19,28 +20,32 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """``with ServiceProcess(workers=2) as service:`` runs the gateway until the block ends.
+    """``with ServiceProcess(workers=2) as service:`` runs the gateway until the block ends;
+    ``command="worker"`` runs a distributed worker instead (``workers`` processes).
 
     A separate process keeps the benchmark's client off the gateway's interpreter, as in
     production, where the trainer is another process (or machine).
     """
 
-    def __init__(self, *, workers: int, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, *, workers: int, extra_args: list[str] | None = None, command: str = "serve"
+    ) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
+        if command == "serve":
+            role = ["serve", "--grpc-port", str(self.grpc_port), "--workers", str(workers)]
+            role += ["--http-port", str(self.http_port)]
+        elif command == "worker":  # its /readyz is on the metrics port
+            role = ["worker", "--metrics-port", str(self.http_port), "--concurrency", str(workers)]
+        else:
+            raise ValueError(f"command must be serve or worker, got {command!r}")
         self.args = [
             sys.executable,
             "-m",
             "reward_service.cli",
             "--log-level",
             "WARNING",
-            "serve",
-            "--grpc-port",
-            str(self.grpc_port),
-            "--http-port",
-            str(self.http_port),
-            "--workers",
-            str(workers),
+            *role,
             "--verifier-modules",
             "bench.noop_verifier",
             *(extra_args or []),

@@ -17,8 +17,9 @@ esac
 
 # python3-venv: the virtual environment; python3-dev and build-essential: Python packages
 # without a wheel for this platform, and g++ for C++ submissions; bubblewrap: the code
-# sandbox, which runs submissions with the system's /usr/bin/python3; util-linux: setpriv.
-system_packages=(python3 python3-venv python3-dev build-essential bubblewrap util-linux)
+# sandbox, which runs submissions with the system's /usr/bin/python3; util-linux: setpriv;
+# redis-server: the queue of distributed mode (the tests start their own instances).
+system_packages=(python3 python3-venv python3-dev build-essential bubblewrap util-linux redis-server)
 missing=()
 for package in "${system_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -41,3 +42,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".${extras}"
 echo "installed into .venv ($(.venv/bin/python --version))" >&2
+# --dev: helm and kubectl for the Helm chart's tests (deploy/k8s-tools.sh; no cluster needed).
+if [ "$extras" = "[dev]" ]; then
+  bash deploy/k8s-tools.sh
+fi

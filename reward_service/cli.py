@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run the benchmarks and write docs/benchmarks.md.",
         description="Run the benchmarks (math throughput vs direct math-verify, gateway "
         "overhead over gRPC unary, gRPC stream and HTTP, code sandbox throughput and overhead "
-        "on HumanEval, reasoning_gym and ifeval throughput vs direct scoring) and write the "
-        "results as a Markdown table and a JSON file.",
+        "on HumanEval, reasoning_gym and ifeval throughput vs direct scoring, distributed mode "
+        "under a 100,000-request mixed load and its scaling) and write the results as a "
+        "Markdown table and a JSON file.",
     )
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     bench.add_argument("--json", type=Path, default=Path("docs/benchmarks.json"))
@@ -129,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="Fewer repetitions (smoke test).")
     bench.add_argument(
         "--only",
-        help="Comma-separated benchmarks to run (math, overhead, code, reasoning_gym, ifeval); "
-        "default: all.",
+        help="Comma-separated benchmarks to run (math, overhead, code, reasoning_gym, ifeval, "
+        "distributed); default: all.",
     )
     bench.add_argument(
         "--verl-python",

@@ -1,12 +1,12 @@
 """Real processes for the distributed-mode tests: ``redis-server`` on a free port (no
-persistence, restartable on the same port) and ``reward-service worker`` subprocesses."""
+persistence, restartable on the same port: :class:`bench.redis_server.RedisServer`) and
+``reward-service worker`` subprocesses."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +15,17 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.redis_server import RedisServer
+from bench.service import free_port
 from tests.conftest import TEST_VERIFIERS
+
+__all__ = ["RedisServer", "WorkerProcess", "free_port", "needs_redis", "wait_for"]
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None,
     reason="redis-server is not installed (deploy/install.sh installs it with apt-get)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
@@ -37,58 +35,6 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05) -> No
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-class RedisProcess:
-    """A ``redis-server`` owned by one test: no persistence, loopback only."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisProcess:
-        assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--loglevel", "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = self.client()
-        wait_for(lambda: _pings(client), 10, "redis-server to answer")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-    def restart(self, down_s: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_s)
-        self.start()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 class WorkerProcess:

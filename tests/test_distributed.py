@@ -12,10 +12,10 @@ import httpx
 import orjson
 import pytest
 
+from bench.redis_server import RedisServer
 from reward_service.queue.streams import GROUP, JobMessage, Keys, idempotency_key
 from tests.conftest import ServerThread, running_server
 from tests.distributed import (
-    RedisProcess,
     WorkerProcess,
     free_port,
     needs_redis,
@@ -29,8 +29,8 @@ KEYS = Keys("reward")
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path).start()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
     yield server
     server.stop()
 
@@ -46,7 +46,7 @@ def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
 
 def start_worker(
     started: list[WorkerProcess],
-    redis: RedisProcess,
+    redis: RedisServer,
     domains: str,
     tmp_path: Path,
     *extra: str,
@@ -85,7 +85,7 @@ def metric(server: ServerThread, line_prefix: str) -> float:
 
 
 def test_mixed_domains_score_through_redis(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     start_worker(workers, redis_server, "math,test_echo", tmp_path, concurrency=2)
     wait_for_workers(redis_server.client(), "math", 1)
@@ -117,7 +117,7 @@ def test_mixed_domains_score_through_redis(
 
 
 def test_worker_killed_mid_batch_every_request_answered_once(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     total = 2000
     doomed = start_worker(
@@ -159,7 +159,7 @@ def test_worker_killed_mid_batch_every_request_answered_once(
 
 
 def test_redis_restart_mid_run_answers_everything(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     total = 600
     start_worker(workers, redis_server, "test_echo", tmp_path, concurrency=2)
@@ -194,7 +194,7 @@ def test_redis_restart_mid_run_answers_everything(
 
 
 def test_code_workers_gone_code_errors_at_deadline_math_flows(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     start_worker(workers, redis_server, "math", tmp_path, concurrency=1)
     code_worker = start_worker(workers, redis_server, "code", tmp_path, concurrency=1)
@@ -229,7 +229,7 @@ def test_code_workers_gone_code_errors_at_deadline_math_flows(
         assert len(math_latencies) >= 5 and max(math_latencies) < 1.0
 
 
-def test_duplicate_and_forged_replies_are_dropped(redis_server: RedisProcess) -> None:
+def test_duplicate_and_forged_replies_are_dropped(redis_server: RedisServer) -> None:
     """Acting as a worker by hand: a job answered twice, and a result for a request that does
     not exist, reach the gateway; the client sees exactly one result."""
     redis = redis_server.client()
@@ -260,7 +260,7 @@ def test_duplicate_and_forged_replies_are_dropped(redis_server: RedisProcess) ->
 
 
 def test_late_result_of_a_reclaimed_job_is_dropped(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     """A worker that stalls past the visibility timeout loses its job to another; when it
     finally answers, the completion script refuses it (XACK says someone else did)."""
@@ -294,7 +294,7 @@ def test_late_result_of_a_reclaimed_job_is_dropped(
 
 
 def test_retried_request_is_not_run_twice(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     metrics_port = free_port()
     start_worker(workers, redis_server, "test_echo", tmp_path, "--metrics-port", str(metrics_port))
@@ -321,7 +321,7 @@ def test_retried_request_is_not_run_twice(
 
 
 def test_job_delivered_too_often_is_dead_lettered(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     redis = redis_server.client()
     stream = KEYS.jobs("test_echo")
@@ -354,7 +354,7 @@ def test_job_delivered_too_often_is_dead_lettered(
         )
 
 
-def test_long_streams_push_back(redis_server: RedisProcess) -> None:
+def test_long_streams_push_back(redis_server: RedisServer) -> None:
     """No worker at all and a stream limit of 5: the sixth request is refused at once."""
     with (
         running_server(redis_url=redis_server.url, max_stream_length=5) as server,
@@ -369,7 +369,7 @@ def test_long_streams_push_back(redis_server: RedisProcess) -> None:
 
 
 def test_sigterm_drains_held_jobs(
-    redis_server: RedisProcess, workers: list[WorkerProcess], tmp_path: Path
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     """A worker told to stop finishes what it holds; one that cannot finish in its drain
     timeout hands its jobs back and another worker answers them at once."""
@@ -400,7 +400,7 @@ def test_sigterm_drains_held_jobs(
         assert time.monotonic() - started < 12
 
 
-def test_readiness_follows_redis(redis_server: RedisProcess) -> None:
+def test_readiness_follows_redis(redis_server: RedisServer) -> None:
     with running_server(redis_url=redis_server.url) as server:
         ready = f"{server.http_url}/readyz"
         wait_for(lambda: httpx.get(ready).status_code == 200, 10, "ready")
@@ -430,3 +430,15 @@ def test_worker_refuses_to_start_without_redis_url() -> None:
 
     with pytest.raises(SystemExit, match="needs --redis-url"):
         main(["worker", "--domains", "math"])
+
+
+def test_worker_that_cannot_sandbox_refuses_to_start(
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """A code worker without a working sandbox would answer every code job `error`: it exits
+    instead, saying why (no Docker engine runs here)."""
+    worker = start_worker(workers, redis_server, "code", tmp_path, "--sandbox-backend", "docker")
+    assert worker.process.wait(120) != 0
+    log = (tmp_path / "worker-0.log").read_text()
+    assert "cannot serve code on this host" in log and "sandbox-check" in log
+    assert not redis_server.client().exists(KEYS.jobs("code"))  # it never read the stream

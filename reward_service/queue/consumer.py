@@ -47,7 +47,7 @@ from reward_service.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
-PREFETCH_S = 0.2
+PREFETCH_S = 0.05
 MAX_READ = 512
 MAX_HELD_PER_DOMAIN = 2048
 READ_BLOCK_MS = 1000

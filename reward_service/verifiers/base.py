@@ -79,6 +79,10 @@ class Verifier(ABC):
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         """``config`` is the domain's section of the server settings (may be empty)."""
         self.config = config or {}
+        # Set by setup() when this verifier cannot score on this host (e.g. no sandbox): its
+        # requests answer ``error`` with this reason, and a distributed worker refuses to start
+        # rather than answer every job of its domain with an error.
+        self.unavailable: str | None = None
 
     @classmethod
     def worker_budget_s(cls, reference: Any, options: Any, max_timeout_s: float) -> float:

@@ -117,7 +117,6 @@ class CodeVerifier(Verifier):
         self.max_time_limit_s: float = self.config.get("max_timeout_s", 60.0)
         self.limits = SandboxLimits(**self.config.get("sandbox_limits", {}))
         self.sandbox: Sandbox | None = None
-        self.unavailable: str | None = None
 
     @classmethod
     def run_budget_s(cls, reference: CodeReference, options: CodeOptions, max_s: float) -> float:

@@ -98,7 +98,6 @@ class ReasoningGymVerifier(Verifier):
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
         self.sandbox: BwrapSandbox | None = None
-        self.unavailable: str | None = None
 
     def setup(self) -> None:
         site_packages = str(Path(reasoning_gym.__file__).resolve().parent.parent)

@@ -105,7 +105,8 @@ def main(
         return
     signal.signal(signal.SIGALRM, _on_alarm)
     progress[0] = -1.0
-    conn.send(("ready", os.getpid()))
+    unavailable = {d: v.unavailable for d, v in verifiers.items() if v.unavailable}
+    conn.send(("ready", os.getpid(), unavailable))
 
     while True:
         try:

@@ -59,6 +59,13 @@ class WorkerNode:
     async def start(self) -> None:
         try:
             await self.pool.start()
+            if self.pool.unavailable:
+                # Taking jobs would answer every one of them `error`: fail loudly instead.
+                problems = "; ".join(f"{d}: {why}" for d, why in self.pool.unavailable.items())
+                raise RuntimeError(
+                    f"cannot serve {', '.join(self.pool.unavailable)} on this host ({problems}); "
+                    "`reward-service sandbox-check` shows what the sandbox lacks"
+                )
             await self.consumer.start()
             await self._start_http()
         except BaseException:

@@ -198,6 +198,8 @@ class WorkerPool:
         self._watchdog: asyncio.Task[None] | None = None
         self._ready_event: asyncio.Event | None = None
         self._startup_error: str | None = None
+        # Domains whose verifier cannot score on this host, with the reason (from setup()).
+        self.unavailable: dict[str, str] = {}
         self.loop: asyncio.AbstractEventLoop
         self.running = False
 
@@ -373,6 +375,7 @@ class WorkerPool:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
+            self.unavailable = message[2]
             self._restart_failures = 0
             self._update_alive()
             if self._ready_event is not None and self.ready_workers == self.size:

@@ -1,0 +1,249 @@
+"""Distributed mode under load: gateway + Redis + workers against the embedded gateway.
+
+1. A mixed-domain load (math, code, stem, reasoning_gym, ifeval) of ``total`` requests, sent
+   on one gRPC stream with a bounded window, as a trainer does: once to ``serve`` with its
+   embedded workers, once to ``serve --redis-url`` with a ``worker`` process of the same size.
+   Every request must come back ``ok`` (no loss) with the same reward in both modes.
+2. The fixed cost per request: sequential unary calls of a no-op verifier in both modes.
+3. Scaling: a CPU-bound domain (math, code) with one worker process, then two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import humaneval
+from bench.domains import ifeval_samples, rg_samples
+from bench.gateway import percentile
+from bench.math_data import math_samples
+from bench.redis_server import RedisServer
+from bench.service import ServiceProcess
+from trainer.client import AsyncRewardClient, RewardClient
+
+# Shares of the mixed load (roughly the reference recipe's training mix, by samples).
+MIX = {"math": 0.25, "code": 0.10, "stem": 0.15, "reasoning_gym": 0.35, "ifeval": 0.15}
+WINDOW = 4096  # requests in flight, as a trainer streaming a rollout batch would have
+
+
+def stem_samples(count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """Numeric answers with units (some off by 20%) and multiple-choice letters."""
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(count):
+        wrong = rng.random() < 0.33
+        if rng.random() < 0.5:
+            value = rng.uniform(0.1, 1000) * 10 ** rng.randint(-6, 6)
+            shown = value * (1.2 if wrong else 1.001)
+            unit = rng.choice(["m/s", "J", "mol", "kg", ""])
+            samples.append(
+                (
+                    f"<think>units check out</think>The result is \\boxed{{{shown:.5g}}} {unit}",
+                    {"ground_truth": f"{value:.5g} {unit}".strip()},
+                )
+            )
+        else:
+            choices = [f"option {rng.randint(0, 10**6)}" for _ in range(4)]
+            truth = rng.randrange(4)
+            answer = (truth + 1) % 4 if wrong else truth
+            samples.append(
+                (
+                    f"<think>eliminate the others</think>Answer: {'ABCD'[answer]}",
+                    {"ground_truth": "ABCD"[truth], "choices": choices},
+                )
+            )
+    return samples
+
+
+def mixed_requests(total: int, seed: int) -> list[dict[str, Any]]:
+    """``total`` requests in a shuffled domain mix; distinct where the domain caches."""
+    rng = random.Random(seed)
+    counts = {domain: int(total * share) for domain, share in MIX.items()}
+    counts["reasoning_gym"] += total - sum(counts.values())
+    requests: list[dict[str, Any]] = []
+    for response, truth in math_samples(counts["math"], seed):
+        requests.append(
+            {"domain": "math", "response": response, "reference": {"ground_truth": truth}}
+        )
+    code = [humaneval.canonical(p) for p in humaneval.problems()]
+    code += [humaneval.broken(p) for p in humaneval.problems()]
+    requests += [dict(code[i % len(code)]) for i in range(counts["code"])]
+    for response, reference in stem_samples(counts["stem"], seed):
+        requests.append({"domain": "stem", "response": response, "reference": reference})
+    logic = rg_samples(per_task=40, seed=seed)
+    for i in range(counts["reasoning_gym"]):
+        task, answer, entry = logic[i % len(logic)]
+        requests.append(
+            {
+                "domain": "reasoning_gym",
+                "response": f"<think>...</think><answer>{answer}</answer>",
+                "reference": {"dataset": task, "entry": entry},
+            }
+        )
+    instructions = ifeval_samples()
+    for i in range(counts["ifeval"]):
+        response, reference = instructions[i % len(instructions)]
+        requests.append({"domain": "ifeval", "response": response, "reference": reference})
+    rng.shuffle(requests)
+    for index, request in enumerate(requests):
+        request["id"] = str(index)
+    return requests
+
+
+async def run_load(target: str, requests: list[dict[str, Any]], run: str) -> dict[str, Any]:
+    """Stream ``requests`` with at most ``WINDOW`` in flight; rate, latencies, results. Ids get
+    the prefix ``run``: a request sent again under the same id would be answered from the
+    result Redis keeps for retries, not scored."""
+    sent = [0.0] * len(requests)
+    latency = [0.0] * len(requests)
+    results: list[Any] = [None] * len(requests)
+    gate = asyncio.Semaphore(WINDOW)
+    async with AsyncRewardClient(target) as client, client.session() as session:
+        started = time.perf_counter()
+
+        def done(index: int, future: asyncio.Future[Any]) -> None:
+            latency[index] = time.perf_counter() - sent[index]
+            results[index] = future.result()
+            gate.release()
+
+        for index, request in enumerate(requests):
+            await gate.acquire()
+            sent[index] = time.perf_counter()
+            future = session.submit(
+                request["domain"],
+                request["response"],
+                request["reference"],
+                id=f"{run}/{request['id']}",
+            )
+            future.add_done_callback(lambda f, i=index: done(i, f))
+    elapsed = time.perf_counter() - started
+    return {
+        "per_s": len(requests) / elapsed,
+        "seconds": elapsed,
+        "latency_ms": {
+            q: 1e3 * percentile(latency, p) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))
+        },
+        "statuses": dict(Counter(r.status for r in results)),
+        "rewards": [r.reward for r in results],
+        "failures": [f"{r.id}: {r.status} {r.detail}" for r in results if r.status != "ok"][:5],
+    }
+
+
+def _unary_latency_ms(target: str, calls: int) -> float:
+    with RewardClient(target) as client:
+        for _ in range(100):
+            client.score("noop", "x", {})
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            client.score("noop", "x", {})
+            times.append(time.perf_counter() - started)
+    return 1e3 * statistics.median(times)
+
+
+def _load_without_rewards(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in outcome.items() if k != "rewards"}
+
+
+def _mixed(workers: int, total: int, calls: int) -> dict[str, Any]:
+    requests = mixed_requests(total, seed=11)
+    warmup = requests[: min(len(requests), 3000)]
+    with ServiceProcess(workers=workers) as embedded:
+        asyncio.run(run_load(embedded.grpc_target, warmup, "warm-up"))
+        embedded_load = asyncio.run(run_load(embedded.grpc_target, requests, "timed"))
+        embedded_unary = _unary_latency_ms(embedded.grpc_target, calls)
+    with RedisServer() as redis_server:
+        url = ["--redis-url", redis_server.url]
+        with (
+            ServiceProcess(workers=1, extra_args=url) as gateway,
+            ServiceProcess(workers=workers, extra_args=url, command="worker"),
+        ):
+            asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up"))
+            distributed_load = asyncio.run(run_load(gateway.grpc_target, requests, "timed"))
+            distributed_unary = _unary_latency_ms(gateway.grpc_target, calls)
+            client = redis_server.client()
+            leftovers = {
+                key.decode(): client.xlen(key)
+                for pattern in ("reward:jobs:*", "reward:dead:*")
+                for key in client.scan_iter(pattern)
+                if client.xlen(key)
+            }
+    differing = sum(
+        1
+        for a, b in zip(embedded_load["rewards"], distributed_load["rewards"], strict=True)
+        if a != b
+    )
+    return {
+        "requests": total,
+        "mix": MIX,
+        "window": WINDOW,
+        "workers": workers,
+        "embedded": _load_without_rewards(embedded_load),
+        "distributed": _load_without_rewards(distributed_load),
+        "rewards_differing": differing,
+        "redis_leftovers": leftovers,
+        "unary_noop_p50_ms": {"embedded": embedded_unary, "distributed": distributed_unary},
+    }
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _timed_load(target: str, requests: list[dict[str, Any]], run: str) -> tuple[float, float]:
+    """(requests/s, CPU cores kept busy on the whole machine meanwhile)."""
+    busy_before, total_before = _cpu_jiffies()
+    rate = asyncio.run(run_load(target, requests, run))["per_s"]
+    busy_after, total_after = _cpu_jiffies()
+    cores = (os.cpu_count() or 1) * (busy_after - busy_before) / (total_after - total_before)
+    return rate, cores
+
+
+def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rate with one worker process, then with a second one started beside it."""
+    warmup = requests[: len(requests) // 4]
+    rates = {}
+    cores = {}
+    with RedisServer() as redis_server:
+        extra = ["--redis-url", redis_server.url, "--domains", domain]
+        with (
+            ServiceProcess(workers=1, extra_args=extra) as gateway,
+            ServiceProcess(workers=1, extra_args=extra, command="worker"),
+        ):
+            asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up-1"))
+            rates[1], cores[1] = _timed_load(gateway.grpc_target, requests, "one")
+            with ServiceProcess(workers=1, extra_args=extra, command="worker"):
+                asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up-2"))
+                rates[2], cores[2] = _timed_load(gateway.grpc_target, requests, "two")
+    return {
+        "one_worker_per_s": rates[1],
+        "two_workers_per_s": rates[2],
+        "ratio": rates[2] / rates[1],
+        "one_worker_busy_cores": cores[1],
+        "two_workers_busy_cores": cores[2],
+    }
+
+
+def bench_distributed(workers: int, quick: bool) -> dict[str, Any]:
+    total = 10_000 if quick else 100_000
+    result = _mixed(workers, total, calls=200 if quick else 1000)
+    math = [
+        {"id": str(i), "domain": "math", "response": r, "reference": {"ground_truth": t}}
+        for i, (r, t) in enumerate(math_samples(1000 if quick else 4000, seed=21))
+    ]
+    code = [
+        {**humaneval.canonical(p), "id": f"{i}-{p['task_id']}"}
+        for i in range(1 if quick else 3)
+        for p in humaneval.problems()
+    ]
+    result["scaling"] = {"math": _scaling("math", math), "code": _scaling("code", code)}
+    return result
