@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Score a JSONL file of requests, in-process or against a running service.",
         description="Read requests (one JSON object per line, as for POST /v1/score) and write "
         "one result per line, in input order. Without --target the requests are scored "
-        "in-process by an embedded worker pool.",
+        "in-process by an embedded worker pool (or, with --redis-url, by the `worker` "
+        "processes of a distributed deployment).",
     )
     score.add_argument("file", type=Path, help="JSONL file of requests ('-' for stdin).")
     score.add_argument("-o", "--output", type=Path, help="Where to write results (stdout).")
@@ -278,6 +279,16 @@ async def _score_file(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if command != "worker":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # an optional speed-up (uvicorn[standard] brings it)
+        return None
+    return uvloop.new_event_loop
+
+
 class _Service(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -309,7 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         service_class = RewardServer if args.command == "serve" else WorkerNode
         settings = _settings_from(args)
         try:
-            asyncio.run(_run_until_signalled(lambda: service_class(settings)))
+            # uvloop where nothing stops it: a worker's event loop is all Redis and pipe I/O,
+            # which uvloop does at a fraction of the CPU. The gateway keeps asyncio's loop,
+            # which is the one grpc.aio supports.
+            with asyncio.Runner(loop_factory=_loop_factory(args.command)) as runner:
+                runner.run(_run_until_signalled(lambda: service_class(settings)))
         except (OSError, RuntimeError, ValueError) as exc:
             raise SystemExit(f"reward-service: {exc}") from None
         return 0

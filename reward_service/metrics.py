@@ -125,6 +125,12 @@ class QueueMetrics:
             "persistence).",
             registry=registry,
         )
+        self.reused_results = Counter(
+            "reward_service_reused_results",
+            "Requests answered from the stored result of an identical earlier request, not run.",
+            ["domain"],
+            registry=registry,
+        )
         # Observed by workers.
         self.redeliveries = Counter(
             "reward_service_redeliveries",
@@ -141,12 +147,6 @@ class QueueMetrics:
         self.duplicate_results = Counter(
             "reward_service_duplicate_results",
             "Results a worker computed for a job another worker had already answered.",
-            ["domain"],
-            registry=registry,
-        )
-        self.reused_results = Counter(
-            "reward_service_reused_results",
-            "Jobs answered from the stored result of an identical earlier request, not run.",
             ["domain"],
             registry=registry,
         )

@@ -18,6 +18,7 @@ from reward_service.gateway.scoring import Scorer
 from reward_service.metrics import QueueMetrics, ServiceMetrics
 from reward_service.queue import JobQueue
 from reward_service.queue.dispatcher import RedisDispatcher
+from reward_service.queue.streams import redacted
 from reward_service.settings import Settings
 from reward_service.verifiers.base import Verifier
 from reward_service.verifiers.registry import load_verifiers
@@ -137,7 +138,7 @@ class RewardServer:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         workers = (
-            f"jobs to Redis at {self.settings.redis_url}"
+            f"jobs to Redis at {redacted(self.settings.redis_url)}"
             if self.settings.redis_url
             else f"{self.settings.workers} worker processes"
         )
@@ -170,12 +171,13 @@ def _grpc_host(host: str) -> str:
 
 @contextlib.asynccontextmanager
 async def embedded_scorer(settings: Settings) -> AsyncIterator[Scorer]:
-    """A :class:`Scorer` over a started worker pool, without network servers (``score``)."""
+    """A :class:`Scorer` without network servers (``score``): over a started worker pool, or
+    over Redis and its workers when ``settings.redis_url`` is set."""
     metrics = ServiceMetrics()
     verifiers = served_verifiers(settings)
-    pool = build_pool(settings, verifiers, metrics)
-    await pool.start()
+    queue = build_queue(settings, verifiers, metrics)
+    await queue.start()
     try:
-        yield Scorer(settings, pool, verifiers, metrics)
+        yield Scorer(settings, queue, verifiers, metrics)
     finally:
-        await pool.stop()
+        await queue.stop()

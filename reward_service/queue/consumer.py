@@ -7,9 +7,8 @@ Delivery is at least once; results are made exactly-once by :data:`streams.COMPL
 - One reader per domain takes new jobs (XREADGROUP) while the local pool has room: about
   ``PREFETCH_S`` of estimated work per process, so that cheap domains travel in large batches
   and expensive ones (code) stay in the stream for other workers to take.
-- A job whose result is already stored under its idempotency key (a retried request) is
-  answered with that result, not run again. A job whose deadline passed is answered ``error``
-  without being run.
+- A job whose deadline passed is answered ``error`` without being run. (A retried request whose
+  result is already stored never gets here: the gateway's publish script answers it.)
 - Claims are leases: the worker renews those it holds every third of ``visibility_timeout_s``;
   a worker that dies stops renewing, and after the visibility timeout another worker reclaims
   its jobs (XAUTOCLAIM). A job delivered more than ``max_deliveries`` times is dead-lettered and
@@ -47,7 +46,7 @@ from reward_service.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
-PREFETCH_S = 0.05
+PREFETCH_S = 0.1
 MAX_READ = 512
 MAX_HELD_PER_DOMAIN = 2048
 READ_BLOCK_MS = 1000
@@ -103,7 +102,6 @@ class StreamConsumer:
         self.metrics = metrics
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis: Redis | None = None
-        self.scripts: streams.Scripts | None = None
         self._held: dict[tuple[str, bytes], _Held] = {}
         self._running_count: dict[str, int] = defaultdict(int)
         self._room = {d: asyncio.Event() for d in self.domains}
@@ -120,7 +118,6 @@ class StreamConsumer:
 
     async def start(self) -> None:
         self.redis = streams.connect(self.redis_url)
-        self.scripts = streams.Scripts(self.redis)
         self._accepting = True
         for domain in self.domains:
             self._room[domain].set()
@@ -196,8 +193,10 @@ class StreamConsumer:
         stream = self.keys.jobs(domain)
         failures = 0
         while True:
-            room = self._capacity(domain) - self._running_count[domain]
-            if room <= 0:
+            capacity = self._capacity(domain)
+            room = capacity - self._running_count[domain]
+            # Refill in chunks, not one job per verdict: one read (a round trip) per chunk.
+            if room < max(1, capacity // 2):
                 self._room[domain].clear()
                 await self._room[domain].wait()
                 continue
@@ -221,7 +220,7 @@ class StreamConsumer:
                 await self._backoff(f"read {stream}", exc, failures)
                 continue
             for _stream, entries in response or []:
-                await self._accept(domain, entries)
+                self._accept(domain, entries)
 
     async def _recreate_group(self, stream: str) -> None:
         assert self.redis is not None
@@ -230,10 +229,8 @@ class StreamConsumer:
             await streams.ensure_group(self.redis, stream)
         await asyncio.sleep(0.05)
 
-    async def _accept(self, domain: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Take ``entries`` (new or reclaimed): answer them from stored results, expire them, or
-        start scoring them."""
-        assert self.redis is not None
+    def _accept(self, domain: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Take ``entries`` (new or reclaimed): expire them, or start scoring them."""
         fresh: list[_Held] = []
         for entry_id, fields in entries:
             if (domain, entry_id) in self._held:
@@ -244,19 +241,10 @@ class StreamConsumer:
             self._held[(domain, entry_id)] = held
             if held.message is not None:
                 fresh.append(held)
-        if not fresh:
-            return
-        try:
-            stored = await self.redis.mget([self.keys.done(h.message.key) for h in fresh])  # type: ignore[union-attr]
-        except (RedisError, OSError):
-            stored = [None] * len(fresh)  # cannot tell: score it (the script keeps one result)
-        for held, value in zip(fresh, stored, strict=True):
+        for held in fresh:
             message = held.message
             assert message is not None
-            if value is not None:
-                self.metrics.reused_results.labels(domain).inc()
-                self._queue_completion(_Completion(held, value, store=True))
-            elif message.remaining_s() <= 0:
+            if message.remaining_s() <= 0:
                 self._answer_error(held, "deadline passed before a worker could start the job")
             else:
                 self._start(held, message)
@@ -315,7 +303,7 @@ class StreamConsumer:
         self._completions_ready.set()
 
     async def _complete_loop(self) -> None:
-        assert self.redis is not None and self.scripts is not None
+        assert self.redis is not None
         failures = 0
         while True:
             if not self._completions:
@@ -326,17 +314,21 @@ class StreamConsumer:
             del self._completions[:COMPLETE_BATCH]
             pipe = self.redis.pipeline(transaction=False)
             for completion in batch:
-                await self._add_completion(pipe, completion)
+                self._add_completion(pipe, completion)
             try:
                 outcomes = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as exc:
                 outcomes = [exc] * len(batch)
             retry: list[_Completion] = []
             error: BaseException | None = None
+            noscript = False
             for completion, outcome in zip(batch, outcomes, strict=True):
                 held = completion.held
                 if isinstance(outcome, ResponseError) and streams.is_nogroup(outcome):
                     self._held.pop((held.domain, held.entry_id), None)  # its stream is gone
+                elif isinstance(outcome, ResponseError) and streams.is_noscript(outcome):
+                    retry.append(completion)  # Redis restarted: load the scripts, retry
+                    noscript = True
                 elif isinstance(outcome, (RedisError, OSError)):
                     error = outcome
                     if held.message is None or held.message.remaining_s() > 0:
@@ -351,24 +343,28 @@ class StreamConsumer:
                 self._all_answered.set()
             if retry:
                 self._completions[:0] = retry
+                if noscript:
+                    with contextlib.suppress(RedisError, OSError):
+                        await streams.load_scripts(self.redis)
+                    if error is None:
+                        continue
                 failures += 1
                 await self._backoff("post results", error, failures)
             else:
                 failures = 0
 
-    async def _add_completion(self, pipe: Any, completion: _Completion) -> None:
-        """Queue the completion script on ``pipe`` (awaiting only queues it)."""
-        assert self.scripts is not None
+    def _add_completion(self, pipe: Any, completion: _Completion) -> None:
         held = completion.held
         message = held.message
-        await self.scripts.complete(
-            keys=[
+        streams.COMPLETE.queue(
+            pipe,
+            [
                 self.keys.jobs(held.domain),
                 self.keys.done(message.key if message else "-"),
                 message.replies if message else self.keys.replies("-"),
                 self.keys.dead(held.domain),
             ],
-            args=[
+            [
                 streams.GROUP,
                 held.entry_id,
                 completion.result,
@@ -380,14 +376,13 @@ class StreamConsumer:
                 completion.dead_letter_reason,
                 streams.DEAD_LETTER_MAXLEN,
             ],
-            client=pipe,
         )
 
     # ----------------------------------------------------------------------------- leases
 
     async def _renew_loop(self) -> None:
         """Renew the claims on held jobs, so that no other worker reclaims them."""
-        assert self.redis is not None and self.scripts is not None
+        assert self.redis is not None
         while True:
             await asyncio.sleep(self.visibility_ms / 3000)
             by_stream: dict[str, list[bytes]] = defaultdict(list)
@@ -397,8 +392,8 @@ class StreamConsumer:
                 for stream, ids in by_stream.items():
                     for start in range(0, len(ids), 500):
                         chunk = ids[start : start + 500]
-                        await self.scripts.renew(
-                            keys=[stream], args=[streams.GROUP, self.name, *chunk]
+                        await streams.RENEW(
+                            self.redis, [stream], [streams.GROUP, self.name, *chunk]
                         )
             except (RedisError, OSError) as exc:
                 log.debug("lease renewal failed: %s", exc)
@@ -457,7 +452,7 @@ class StreamConsumer:
         if accepted:
             self.metrics.redeliveries.labels(domain).inc(len(accepted))
             log.info("reclaimed %d %s jobs from a worker that stopped", len(accepted), domain)
-            await self._accept(domain, accepted)
+            self._accept(domain, accepted)
 
     async def _heartbeat_loop(self) -> None:
         assert self.redis is not None

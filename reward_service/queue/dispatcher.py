@@ -6,9 +6,10 @@ request. What the gateway promises (:class:`~reward_service.queue.JobQueue`): ev
 answered exactly once, by its deadline (workers get a slightly earlier one, so that their
 answer has time to come back):
 
-- Jobs go out through an outbox (one pipelined XADD per batch). While Redis is unreachable they
-  wait there and go out when it is back; a job whose deadline passes first is answered
-  ``error``, like any job that no worker answered in time.
+- Jobs go out through an outbox (one pipeline per batch; a script per job that answers a
+  retried request from its stored result instead of publishing it again). While Redis is
+  unreachable they wait there and go out when it is back; a job whose deadline passes first
+  is answered ``error``, like any job that no worker answered in time.
 - A result whose token is no longer waited for (answered already: late, duplicate, or forged)
   is dropped and counted.
 - If Redis loses its data (a restart without persistence: the epoch key vanished), every job
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 PUBLISH_BATCH = 512
 READ_BATCH = 1024
 READ_BLOCK_MS = 1000
+TRIM_EVERY = 512
 MONITOR_INTERVAL_S = 0.5
 # Workers get a deadline this much earlier than the request's (at most this fraction of the
 # time left), so that their answer (a timeout, at worst) crosses Redis before the caller gives up.
@@ -59,6 +61,7 @@ class _Pending:
 
     job: Job
     stream: str
+    done_key: str
     message: bytes
     published: bool = False
 
@@ -109,7 +112,9 @@ class RedisDispatcher:
         try:
             await self._check_epoch()
         except (RedisError, OSError) as exc:
-            log.warning("Redis at %s is not reachable yet: %s", self.redis_url, exc)
+            log.warning(
+                "Redis at %s is not reachable yet: %s", streams.redacted(self.redis_url), exc
+            )
         for name, loop in (
             ("publisher", self._publish_loop),
             ("reader", self._read_loop),
@@ -173,10 +178,11 @@ class RedisDispatcher:
         token = format(next(self._tokens), "x")
         remaining = job.deadline - time.monotonic()
         margin = min(DEADLINE_MARGIN_S, DEADLINE_MARGIN_FRACTION * remaining)
+        key = streams.idempotency_key(
+            request.id, job.domain, job.response, request.reference, request.options
+        )
         message = JobMessage(
-            key=streams.idempotency_key(
-                request.id, job.domain, job.response, request.reference, request.options
-            ),
+            key=key,
             token=token,
             replies=self.replies,
             deadline=time.time() + remaining - margin,
@@ -186,7 +192,7 @@ class RedisDispatcher:
             reference=dict(request.reference),
             options=dict(request.options or {}),
         )
-        self._pending[token] = _Pending(job, stream, message.encode())
+        self._pending[token] = _Pending(job, stream, self.keys.done(key), message.encode())
         self._backlog[job.domain] += 1
         job.expiry = self.loop.call_at(job.deadline, self._expire, token)
         self._outbox.append(token)
@@ -221,42 +227,71 @@ class RedisDispatcher:
                 await self._wake.wait()
                 continue
             tokens: list[str] = []
+            domains: list[str] = []
             pipe = self.redis.pipeline(transaction=False)
             while self._outbox and len(tokens) < PUBLISH_BATCH:
                 token = self._outbox.popleft()
                 entry = self._pending.get(token)
                 if entry is not None:  # else answered meanwhile (expired): nothing to send
                     tokens.append(token)
-                    pipe.xadd(entry.stream, {streams.JOB_FIELD: entry.message})
+                    domains.append(entry.job.domain)
+                    streams.PUBLISH.queue(
+                        pipe,
+                        [entry.stream, entry.done_key, self.replies],
+                        [entry.message, token, streams.REPLIES_TTL_MS],
+                    )
             if not tokens:
                 continue
             try:
-                await pipe.execute()
+                outcomes = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as exc:
-                self._outbox.extendleft(reversed(tokens))
-                failures += 1
-                await self._backoff("publish", exc, failures)
-                continue
-            failures = 0
-            for token in tokens:
-                entry = self._pending.get(token)
+                outcomes = [exc] * len(tokens)
+            retry = []
+            error: BaseException | None = None
+            for token, domain, outcome in zip(tokens, domains, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    retry.append(token)
+                    error = outcome
+                    continue
+                if outcome == 0:  # an identical request was answered: its result is posted
+                    self.metrics.reused_results.labels(domain).inc()
+                entry = self._pending.get(token)  # None if that result is in already
                 if entry is not None:
                     entry.published = True
+            if retry:
+                self._outbox.extendleft(reversed(retry))
+                assert error is not None
+                if streams.is_noscript(error):  # Redis restarted: load and go on at once
+                    with contextlib.suppress(RedisError, OSError):
+                        await streams.load_scripts(self.redis)
+                    continue
+                failures += 1
+                await self._backoff("publish", error, failures)
+                continue
+            failures = 0
 
     async def _read_loop(self) -> None:
         assert self.redis is not None
         failures = 0
+        read_since_trim, trimmed_at = 0, time.monotonic()
         while True:
             try:
                 response = await self.redis.xread(
                     {self.replies: self._last_reply_id}, count=READ_BATCH, block=READ_BLOCK_MS
                 )
-                if response:
-                    for _stream, entries in response:
-                        for entry_id, fields in entries:
-                            self._last_reply_id = entry_id
-                            self._on_reply(fields)
+                read = 0
+                for _stream, entries in response or []:
+                    for entry_id, fields in entries:
+                        self._last_reply_id = entry_id
+                        self._on_reply(fields)
+                        read += 1
+                read_since_trim += read
+                # Trim what was read now and then, not after every read: a round trip saved.
+                if read_since_trim and (
+                    read_since_trim >= TRIM_EVERY or time.monotonic() - trimmed_at > 0.5
+                ):
                     await self.redis.xtrim(self.replies, minid=self._last_reply_id)
+                    read_since_trim, trimmed_at = 0, time.monotonic()
                 failures = 0
             except (RedisError, OSError) as exc:
                 failures += 1
@@ -288,7 +323,7 @@ class RedisDispatcher:
                 self.metrics.redis_up.set(1)
             except (RedisError, OSError) as exc:
                 if self._redis_ok:
-                    log.warning("lost Redis at %s: %s", self.redis_url, exc)
+                    log.warning("lost Redis at %s: %s", streams.redacted(self.redis_url), exc)
                 self._redis_ok = False
                 self.metrics.redis_up.set(0)
             await asyncio.sleep(MONITOR_INTERVAL_S)

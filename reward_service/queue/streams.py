@@ -23,9 +23,11 @@ import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 GROUP = "workers"
 JOB_FIELD = b"j"
@@ -145,6 +147,22 @@ def decode_result(data: bytes) -> tuple[float, str, str | None, dict[str, Any]]:
     return float(raw["reward"]), str(raw["status"]), raw.get("detail"), raw.get("metrics") or {}
 
 
+# Publish one job, unless an identical request (same idempotency key) was answered already:
+# then post that result to the requesting gateway at once instead (a retry is not run again).
+#
+# KEYS: jobs stream, done key, replies stream
+# ARGV: job payload, token, replies ttl ms
+PUBLISH_SCRIPT = """
+local done = redis.call('GET', KEYS[2])
+if done then
+  redis.call('XADD', KEYS[3], '*', 't', ARGV[2], 'v', done)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'j', ARGV[1])
+return 1
+"""
+
 # Answer one job, atomically: acknowledge it (XACK says 0 when another worker already answered
 # it: then this is a late duplicate and nothing else happens), delete it from the stream, keep
 # the result under its idempotency key (unless told not to; an earlier result for the same key
@@ -196,12 +214,34 @@ return renewed
 """
 
 
-class Scripts:
-    """The Lua scripts registered on one client (EVALSHA, reloaded after a Redis restart)."""
+class Script:
+    """A Lua script called by its SHA. Queued on pipelines with :meth:`queue` (no SCRIPT EXISTS
+    round trip per pipeline, as redis-py's registered scripts do); a ``NOSCRIPT`` error (Redis
+    restarted) means: :func:`load_scripts`, then retry."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.complete = redis.register_script(COMPLETE_SCRIPT)
-        self.renew = redis.register_script(RENEW_SCRIPT)
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def queue(self, pipe: Any, keys: list[Any], args: list[Any]) -> None:
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def __call__(self, redis: Redis, keys: list[Any], args: list[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await load_scripts(redis)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+PUBLISH = Script(PUBLISH_SCRIPT)
+COMPLETE = Script(COMPLETE_SCRIPT)
+RENEW = Script(RENEW_SCRIPT)
+
+
+async def load_scripts(redis: Redis) -> None:
+    for script in (PUBLISH, COMPLETE, RENEW):
+        await redis.script_load(script.source)
 
 
 def connect(url: str) -> Redis:
@@ -216,8 +256,23 @@ def connect(url: str) -> Redis:
     )
 
 
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs: ``redis://user:***@host:6379/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
 def is_nogroup(exc: Exception) -> bool:
     return "NOGROUP" in str(exc)
+
+
+def is_noscript(exc: Exception) -> bool:
+    return isinstance(exc, NoScriptError) or "NOSCRIPT" in str(exc)
 
 
 async def ensure_group(redis: Redis, stream: str) -> None:

@@ -24,6 +24,7 @@ from reward_service.gateway.scoring import Scorer
 from reward_service.gateway.server import build_pool, served_verifiers
 from reward_service.metrics import QueueMetrics, ServiceMetrics
 from reward_service.queue.consumer import StreamConsumer
+from reward_service.queue.streams import redacted
 from reward_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class WorkerNode:
             self.consumer.name,
             self.settings.workers,
             ", ".join(self.verifiers),
-            self.settings.redis_url,
+            redacted(self.settings.redis_url),
             self.settings.host,
             self.metrics_port,
         )
