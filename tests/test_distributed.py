@@ -390,14 +390,16 @@ def test_sigterm_drains_held_jobs(
             workers, redis_server, "test_echo", tmp_path, "--drain-timeout-s", "0.2"
         )
         wait_for_workers(client_redis, "test_echo", 1)
-        batch = pool.submit(client.score_batch, [echo(1, 2, seconds=3.0)], timeout_s=30)
+        batch = pool.submit(client.score_batch, [echo(1, 2, seconds=3.0)], timeout_s=60)
         wait_for(lambda: metric(server, "reward_service_stream_pending") == 1, 10, "job taken")
+        start_worker(workers, redis_server, "test_echo", tmp_path, "--visibility-timeout-s", "8")
+        wait_for_workers(client_redis, "test_echo", 2)
         started = time.monotonic()
         assert hasty.terminate() == 0
-        start_worker(workers, redis_server, "test_echo", tmp_path, "--visibility-timeout-s", "5")
-        assert batch.result(timeout=30)[0].reward == 0.5
-        # Handed back: taken by the next worker's first reclaim, not after 5 s of visibility.
-        assert time.monotonic() - started < 12
+        assert batch.result(timeout=60)[0].reward == 0.5
+        # Handed back: taken by the other worker's next reclaim (every 2 s), then 3 s of work.
+        # Not handed back, it would wait out the 8 s visibility timeout first: 11 s or more.
+        assert time.monotonic() - started < 10
 
 
 def test_readiness_follows_redis(redis_server: RedisServer) -> None:
