@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import queue
@@ -385,10 +386,26 @@ class AsyncRewardClient:
         reply = await self._call(self._stub.ListDomains, reward_pb2.ListDomainsRequest(), None)
         return [d.name for d in reply.domains]
 
-    def session(self, *, timeout_s: float | None = None) -> AsyncScoreSession:
+    def session(
+        self,
+        *,
+        timeout_s: float | None = None,
+        max_in_flight: int | None = 4096,
+        request_timeout_s: float | None = None,
+        retries: int = 0,
+        retry_backoff_s: float = 0.5,
+    ) -> AsyncScoreSession:
         """A streaming session (use with ``async with``); ``timeout_s`` as for
-        :meth:`RewardClient.session`."""
-        return AsyncScoreSession(self._stub, timeout_s)
+        :meth:`RewardClient.session`; the other arguments are :class:`AsyncScoreSession`'s
+        (a window of 4096 requests by default, no per-request deadline, no retries)."""
+        return AsyncScoreSession(
+            self._stub,
+            timeout_s,
+            max_in_flight=max_in_flight,
+            request_timeout_s=request_timeout_s,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+        )
 
     async def close(self) -> None:
         await self._channel.close()
@@ -401,23 +418,60 @@ class AsyncRewardClient:
 
 
 class AsyncScoreSession:
-    """asyncio counterpart of :class:`ScoreSession`; ``submit()`` returns an asyncio future."""
+    """asyncio counterpart of :class:`ScoreSession`; ``submit()`` returns an asyncio future,
+    with what a trainer streaming a rollout batch needs on top:
 
-    def __init__(self, stub: reward_pb2_grpc.RewardServiceStub, timeout_s: float | None) -> None:
+    - ``max_in_flight``: at most this many requests at the service at once; later submissions
+      wait in the session and go out as results come back (the service is never flooded);
+    - ``request_timeout_s``: a request without a result this long after its submission is
+      answered ``error`` by the session (a masked sample, not a hung step);
+    - ``retries`` / ``retry_backoff_s``: an ``error`` result (an infrastructure failure) is sent
+      again after ``retry_backoff_s * 2**attempt`` seconds, up to ``retries`` times; the last
+      answer stands. ``ok``, ``timeout`` and ``invalid`` results are final.
+    """
+
+    def __init__(
+        self,
+        stub: reward_pb2_grpc.RewardServiceStub,
+        timeout_s: float | None,
+        *,
+        max_in_flight: int | None = None,
+        request_timeout_s: float | None = None,
+        retries: int = 0,
+        retry_backoff_s: float = 0.5,
+    ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._stub = stub
         self._timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.request_timeout_s = request_timeout_s
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._futures: dict[str, asyncio.Future[ScoreResult]] = {}
+        self._requests: dict[str, reward_pb2.ScoreRequest] = {}  # for retries
+        self._attempts: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._waiting: collections.deque[reward_pb2.ScoreRequest] = collections.deque()
+        self._sent: set[str] = set()  # at the service now
+        self._all_answered = asyncio.Event()
+        self._all_answered.set()
         self._reader: asyncio.Task[None] | None = None
         # Set once the stream is over: later submits fail at once instead of waiting forever.
         self._error: Exception | None = None
 
     async def __aenter__(self) -> AsyncScoreSession:
-        call = self._stub.ScoreStream(self._requests(), timeout=self._timeout_s)
+        call = self._stub.ScoreStream(self._stream(), timeout=self._timeout_s)
         self._reader = asyncio.create_task(self._read(call))
         return self
 
-    async def _requests(self) -> AsyncIterator[reward_pb2.ScoreStreamRequest]:
+    @property
+    def in_flight(self) -> int:
+        """Requests at the service now (not counting those waiting for room)."""
+        return len(self._sent)
+
+    async def _stream(self) -> AsyncIterator[reward_pb2.ScoreStreamRequest]:
         while (item := await self._outbox.get()) is not _END:
             more = _drain_nowait(self._outbox.get_nowait, asyncio.QueueEmpty)
             message, ended = _coalesce(item, more)
@@ -432,17 +486,84 @@ class AsyncScoreSession:
         try:
             async for message in call:
                 for result in message.results:
-                    future = self._futures.pop(result.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(_from_proto(result))
+                    self._on_result(_from_proto(result))
         except grpc.aio.AioRpcError as exc:
             error = RewardServiceError(exc.code(), exc.details() or "")
         finally:
             self._error = error
-            pending, self._futures = list(self._futures.values()), {}
+            pending = list(self._futures.values())
+            for request_id in list(self._futures):
+                self._forget(request_id)
+            self._waiting.clear()
             for future in pending:
                 if not future.done():
                     future.set_exception(error)
+            self._all_answered.set()
+
+    def _on_result(self, result: ScoreResult) -> None:
+        if result.id not in self._sent:
+            return  # answered already (the session's deadline passed first)
+        self._sent.discard(result.id)
+        attempt = self._attempts.get(result.id, 0)
+        if result.status == "error" and attempt < self.retries and result.id in self._futures:
+            self._attempts[result.id] = attempt + 1
+            delay = self.retry_backoff_s * 2**attempt
+            asyncio.get_running_loop().call_later(delay, self._resend, result.id)
+        else:
+            self._finish(result)
+        self._fill_window()
+
+    def _resend(self, request_id: str) -> None:
+        request = self._requests.get(request_id)
+        if request is not None and self._error is None:
+            self._send_or_wait(request)
+
+    def _send_or_wait(self, request: reward_pb2.ScoreRequest) -> None:
+        if self.max_in_flight is not None and len(self._sent) >= self.max_in_flight:
+            self._waiting.append(request)
+        else:
+            self._sent.add(request.id)
+            self._outbox.put_nowait(request)
+
+    def _fill_window(self) -> None:
+        while self._waiting and (
+            self.max_in_flight is None or len(self._sent) < self.max_in_flight
+        ):
+            request = self._waiting.popleft()
+            if request.id in self._futures:  # else answered by its deadline while waiting
+                self._sent.add(request.id)
+                self._outbox.put_nowait(request)
+
+    def _finish(self, result: ScoreResult) -> None:
+        future = self._futures.get(result.id)
+        self._forget(result.id)
+        if future is not None and not future.done():
+            future.set_result(result)
+        if not self._futures:
+            self._all_answered.set()
+
+    def _forget(self, request_id: str) -> None:
+        self._futures.pop(request_id, None)
+        self._requests.pop(request_id, None)
+        self._attempts.pop(request_id, None)
+        timer = self._timers.pop(request_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, request_id: str) -> None:
+        self._timers.pop(request_id, None)
+        if request_id in self._futures:
+            self._sent.discard(request_id)  # a late answer is ignored, and frees no room
+            self._finish(
+                ScoreResult(
+                    request_id,
+                    0.0,
+                    "error",
+                    f"no result within {self.request_timeout_s:g} s (the session's "
+                    "request_timeout_s)",
+                )
+            )
+            self._fill_window()
 
     def submit(
         self,
@@ -454,23 +575,34 @@ class AsyncScoreSession:
         truncated: bool = False,
         id: str | None = None,
     ) -> asyncio.Future[ScoreResult]:
+        """Send one request now (or as soon as the window has room); the future resolves to
+        its result. It raises only if the stream itself broke (:class:`RewardServiceError`)."""
         if self._reader is None:
             raise RuntimeError("use the session as `async with client.session() as session`")
         request = build_request(
             domain, response, reference, options=options, truncated=truncated, id=id
         )
-        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ScoreResult] = loop.create_future()
         if self._error is not None:  # the stream is over: nobody would resolve it
             future.set_exception(self._error)
             return future
         if request.id in self._futures:
             raise ValueError(f"request id {request.id!r} is already in flight")
         self._futures[request.id] = future
-        self._outbox.put_nowait(request)
+        self._all_answered.clear()
+        if self.retries:
+            self._requests[request.id] = request
+        if self.request_timeout_s is not None:
+            self._timers[request.id] = loop.call_later(
+                self.request_timeout_s, self._expire, request.id
+            )
+        self._send_or_wait(request)
         return future
 
     async def close(self) -> None:
-        """Finish sending and wait until every result has arrived."""
+        """Wait until every submitted request is answered, then end the stream."""
+        await self._all_answered.wait()
         self._outbox.put_nowait(_END)
         if self._reader is not None:
             await self._reader

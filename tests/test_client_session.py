@@ -1,0 +1,64 @@
+"""The asyncio streaming session's window, per-request deadlines and retries of `error`
+results, against the real service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.conftest import ServerThread
+from trainer.client import AsyncRewardClient
+
+
+def _errors_of(server: ServerThread, domain: str) -> float:
+    text = httpx.get(f"{server.http_url}/metrics").text
+    prefix = f'reward_service_requests_total{{domain="{domain}",status="error"}}'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+async def test_window_bounds_requests_at_the_service(server: ServerThread) -> None:
+    async with AsyncRewardClient(server.grpc_target) as client:
+        async with client.session(max_in_flight=3) as session:
+            futures = [
+                session.submit("test_sleep", "", {"seconds": 0.05}, id=f"w{i}") for i in range(12)
+            ]
+            peak = 0
+            while not all(f.done() for f in futures):
+                peak = max(peak, session.in_flight)
+                assert session.in_flight <= 3
+                await asyncio.sleep(0.005)
+        assert peak == 3
+        assert [f.result().status for f in futures] == ["ok"] * 12
+
+
+async def test_request_deadline_answers_error_and_the_session_goes_on(
+    server: ServerThread,
+) -> None:
+    async with (
+        AsyncRewardClient(server.grpc_target) as client,
+        client.session(request_timeout_s=0.3, max_in_flight=1) as session,
+    ):
+        started = time.monotonic()
+        slow = session.submit("test_sleep", "", {"seconds": 2.0}, id="slow")
+        result = await slow
+        assert time.monotonic() - started < 1.0
+        assert (result.status, result.valid) == ("error", False)
+        assert "no result within 0.3 s" in result.detail
+        # Its window slot is free again (the window is 1): the next request goes out at once.
+        assert (await session.submit("test_echo", "", {"reward": 0.5})).reward == 0.5
+
+
+async def test_error_results_are_retried_with_backoff(server: ServerThread) -> None:
+    before = _errors_of(server, "test_crash")
+    async with AsyncRewardClient(server.grpc_target) as client:
+        async with client.session(retries=2, retry_backoff_s=0.1) as session:
+            started = time.monotonic()
+            crashed = await session.submit("test_crash", "", {}, id="crash")
+            fine = await session.submit("test_echo", "", {"reward": 1.0}, id="fine")
+        elapsed = time.monotonic() - started
+    assert crashed.status == "error" and not crashed.valid  # the last answer stands
+    assert fine.status == "ok"
+    assert _errors_of(server, "test_crash") - before == 3  # sent three times
+    assert elapsed >= 0.1 + 0.2  # backoff doubles
