@@ -15,6 +15,7 @@ from bench.code import bench_code
 from bench.distributed import bench_distributed
 from bench.domains import bench_ifeval, bench_reasoning_gym
 from bench.gateway import bench_math, bench_overhead
+from bench.overlap import bench_overlap
 
 
 def _machine() -> dict[str, Any]:
@@ -181,7 +182,45 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
     lines += _render_distributed(results.get("distributed"))
+    lines += _render_overlap(results.get("overlap"))
     return "\n".join(lines)
+
+
+def _render_overlap(overlap: dict[str, Any] | None) -> list[str]:
+    if not overlap:
+        return []
+    serial, streamed = overlap["after_generation"], overlap["streamed"]
+    fraction = overlap["exposed_fraction"]
+    fits = serial["reward_wait_s"] <= overlap["logprob_s"]
+    return [
+        "## Reward overlap: what a training step still waits for",
+        "",
+        f"A simulated step with verl-like timings against `reward-service serve` with "
+        f"{overlap['workers']} workers (`bench/overlap.py`): {overlap['responses']:,} responses "
+        f"of the distributed benchmark's domain mix finish over {overlap['generation_s']:g} s of "
+        f"generation (skewed to the end, a fifth at the length limit), then "
+        f"{overlap['logprob_s']:g} s of old- and reference-policy log-prob stages (GPU work, "
+        f"simulated by waiting), then "
+        f"the advantage step needs every reward. *After generation* is verl's default order "
+        f"(score everything when generation ends, then the log-prob stages); *streamed* submits "
+        f"each response the moment it finishes and gathers just before the advantage step.",
+        "",
+        "| order | step time | reward time the step waits for | rewards still pending |",
+        "|---|---:|---:|---|",
+        f"| after generation | {serial['step_s']:.1f} s | {serial['reward_wait_s']:.2f} s (all "
+        f"of it: the serial reward time) | |",
+        f"| streamed | {streamed['step_s']:.1f} s | {streamed['exposed_s']:.2f} s "
+        f"({100 * fraction:.1f}% of the serial reward time) | "
+        f"{streamed['pending_at_generation_end']:,} when generation ended, "
+        f"{streamed['pending_at_logprob_end']:,} when the log-prob stages ended |",
+        "",
+        f"Target: exposed reward time <= 5% of the serial reward time when the reward work is "
+        f"shorter than the log-prob stages (here {serial['reward_wait_s']:.1f} s vs "
+        f"{overlap['logprob_s']:g} s): "
+        + (_verdict(fraction <= 0.05) if fits else "not applicable (reward work is longer)")
+        + ".",
+        "",
+    ]
 
 
 def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
@@ -254,6 +293,7 @@ BENCHMARKS = {
     "reasoning_gym": lambda args, workers: bench_reasoning_gym(workers, args.quick),
     "ifeval": lambda args, workers: bench_ifeval(workers, args.quick),
     "distributed": lambda args, workers: bench_distributed(workers, args.quick),
+    "overlap": lambda args, workers: bench_overlap(workers, args.quick),
 }
 
 
