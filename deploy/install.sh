@@ -42,7 +42,17 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".${extras}"
 echo "installed into .venv ($(.venv/bin/python --version))" >&2
-# --dev: helm and kubectl for the Helm chart's tests (deploy/k8s-tools.sh; no cluster needed).
+# --dev: helm and kubectl for the Helm chart's tests (deploy/k8s-tools.sh; no cluster needed),
+# and verl 0.9.1 for tests/test_verl_integration.py in an environment of its own: verl's
+# hydra-core/omegaconf pin antlr4-python3-runtime 4.9.*, math-verify[antlr4_13_2] pins 4.13.2.
+# Only this project's client side goes in there (--no-deps); the tests run the service from
+# .venv. torch==2.13.0 is the CPU build where one is provided (PIP_FIND_LINKS).
 if [ "$extras" = "[dev]" ]; then
   bash deploy/k8s-tools.sh
+  [ -x .venv-verl/bin/python ] || "$python" -m venv .venv-verl
+  .venv-verl/bin/python -m pip install --quiet --upgrade pip
+  .venv-verl/bin/python -m pip install --quiet torch==2.13.0 verl==0.9.1 TransferQueue==0.1.11 \
+    cachetools fastapi uvicorn "grpcio>=1.85.1,<2" "protobuf>=7.35.1,<8" "orjson>=3.10"
+  .venv-verl/bin/python -m pip install --quiet --no-deps -e .
+  echo "installed verl into .venv-verl ($(.venv-verl/bin/python -c 'import verl; print(verl.__version__)'))" >&2
 fi
