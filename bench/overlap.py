@@ -19,8 +19,13 @@ wait).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.distributed import mixed_requests
@@ -104,6 +109,37 @@ async def _streamed(
     }
 
 
+def tiny_example_timeline(steps: int) -> dict[str, Any]:
+    """Run ``trainer/examples/tiny_grpo.py --embedded`` and sum its timeline: the reward wait
+    left after its own log-prob passes vs the span of the rewards' scoring (first submit to
+    last answer, per sampling round)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "timeline.json"
+        subprocess.run(
+            [sys.executable, "-m", "trainer.examples.tiny_grpo", "--embedded", "--quiet",
+             "--steps", str(steps), "--timeline", str(path)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        timeline = json.loads(path.read_text())
+    rounds = [r for step in timeline["steps"] for r in step["rounds"]]
+    exposed = sum(r["exposed_reward_wait_s"] for r in rounds)
+    span = sum(r["last_answer"] - r["first_submit"] for r in rounds)
+    rewards = [step["mean_reward"] for step in timeline["steps"]]
+    tenth = max(1, len(rewards) // 10)
+    return {
+        "steps": steps,
+        "rounds": len(rounds),
+        "requests": timeline["requests_sent"],
+        "wall_s": timeline["wall_s"],
+        "reward_span_s": span,
+        "exposed_s": exposed,
+        "exposed_fraction": exposed / span if span else 0.0,
+        "mean_reward_first": sum(rewards[:tenth]) / tenth,
+        "mean_reward_last": sum(rewards[-tenth:]) / tenth,
+    }
+
+
 def bench_overlap(workers: int, quick: bool) -> dict[str, Any]:
     responses = 1024 if quick else 4096
     generation_s, logprob_s = (4.0, 4.0) if quick else (12.0, 12.0)
@@ -125,7 +161,9 @@ def bench_overlap(workers: int, quick: bool) -> dict[str, Any]:
             return serial, streamed
 
         serial, streamed = asyncio.run(run())
+    tiny = tiny_example_timeline(20 if quick else 150)
     return {
+        "tiny_example": tiny,
         "responses": responses,
         "workers": workers,
         "generation_s": generation_s,
