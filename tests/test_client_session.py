@@ -62,3 +62,19 @@ async def test_error_results_are_retried_with_backoff(server: ServerThread) -> N
     assert fine.status == "ok"
     assert _errors_of(server, "test_crash") - before == 3  # sent three times
     assert elapsed >= 0.1 + 0.2  # backoff doubles
+
+
+def test_threaded_session_has_the_same_window_deadline_and_retries(server: ServerThread) -> None:
+    from trainer.client import RewardClient
+
+    with RewardClient(server.grpc_target) as client:
+        with client.session(max_in_flight=2, request_timeout_s=1.0) as session:
+            echoes = [session.submit("test_echo", "", {"reward": i / 8}) for i in range(8)]
+            assert session.in_flight <= 2
+            slow = session.submit("test_sleep", "", {"seconds": 3.0})
+            assert [f.result(timeout=10).reward for f in echoes] == [i / 8 for i in range(8)]
+            assert "no result within 1 s" in slow.result(timeout=10).detail
+        before = _errors_of(server, "test_crash")
+        with client.session(retries=1, retry_backoff_s=0.05) as session:
+            assert session.submit("test_crash", "", {}).result(timeout=30).status == "error"
+        assert _errors_of(server, "test_crash") - before == 2  # sent twice

@@ -21,10 +21,9 @@ import asyncio
 import collections
 import concurrent.futures
 import json
-import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,7 +148,9 @@ class RewardClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
-        self._channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self._target = target
+        self._channel_options = _channel_options(max_message_bytes)
+        self._channel = grpc.insecure_channel(target, options=self._channel_options)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
@@ -197,10 +198,27 @@ class RewardClient:
         reply = self._call(self._stub.ListDomains, reward_pb2.ListDomainsRequest(), None)
         return [d.name for d in reply.domains]
 
-    def session(self, *, timeout_s: float | None = None) -> ScoreSession:
+    def session(
+        self,
+        *,
+        timeout_s: float | None = None,
+        max_in_flight: int | None = 4096,
+        request_timeout_s: float | None = None,
+        retries: int = 0,
+        retry_backoff_s: float = 0.5,
+    ) -> ScoreSession:
         """A streaming session (use as a context manager). ``timeout_s`` bounds the whole
-        stream (default: none; each request still has the server's deadline)."""
-        return ScoreSession(self._stub, timeout_s)
+        stream (default: none; each request still has the server's deadline); the other
+        arguments are :class:`AsyncScoreSession`'s."""
+        return ScoreSession(
+            self._target,
+            self._channel_options,
+            timeout_s,
+            max_in_flight=max_in_flight,
+            request_timeout_s=request_timeout_s,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -244,48 +262,44 @@ def _drain_nowait(get_nowait: Any, empty: type[Exception]) -> list[Any]:
 
 
 class ScoreSession:
-    """A bidirectional stream: :meth:`submit` returns a future that a reader thread resolves.
+    """A bidirectional stream for threaded code: :meth:`submit` returns a
+    ``concurrent.futures.Future``. It is an :class:`AsyncScoreSession` (window, per-request
+    deadlines, retries of ``error`` results: the same arguments) run on a private event loop
+    thread, so both sessions behave the same.
 
     Leaving the ``with`` block waits for every submitted result. If the stream breaks, every
     unresolved future gets the :class:`RewardServiceError`.
     """
 
-    def __init__(self, stub: reward_pb2_grpc.RewardServiceStub, timeout_s: float | None) -> None:
-        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._futures: dict[str, concurrent.futures.Future[ScoreResult]] = {}
-        self._lock = threading.Lock()
-        # Set once the stream is over: later submits fail at once instead of waiting forever.
-        self._error: Exception | None = None
-        self._call = stub.ScoreStream(self._requests(), timeout=timeout_s)
-        self._reader = threading.Thread(target=self._read, name="reward-session", daemon=True)
-        self._reader.start()
-
-    def _requests(self) -> Iterator[reward_pb2.ScoreStreamRequest]:
-        while (item := self._outbox.get()) is not _END:
-            message, ended = _coalesce(item, _drain_nowait(self._outbox.get_nowait, queue.Empty))
-            yield message
-            if ended:
-                return
-
-    def _read(self) -> None:
-        error: Exception = RewardServiceError(
-            grpc.StatusCode.INTERNAL, "stream ended before all results arrived"
+    def __init__(
+        self,
+        target: str,
+        channel_options: list[tuple[str, Any]],
+        timeout_s: float | None,
+        **session_options: Any,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="reward-session", daemon=True
         )
-        try:
-            for message in self._call:
-                for result in message.results:
-                    with self._lock:
-                        future = self._futures.pop(result.id, None)
-                    if future is not None:
-                        future.set_result(_from_proto(result))
-        except grpc.RpcError as exc:
-            error = RewardServiceError(exc.code(), exc.details() or "")
-        finally:
-            with self._lock:
-                self._error = error
-                pending, self._futures = list(self._futures.values()), {}
-            for future in pending:
-                future.set_exception(error)
+        self._thread.start()
+        self._closed = False
+
+        async def open_stream() -> tuple[grpc.aio.Channel, AsyncScoreSession]:
+            channel = grpc.aio.insecure_channel(target, options=channel_options)
+            stub = reward_pb2_grpc.RewardServiceStub(channel)
+            session = AsyncScoreSession(stub, timeout_s, **session_options)
+            await session.__aenter__()
+            return channel, session
+
+        self._channel, self._session = self._run(open_stream())
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    @property
+    def in_flight(self) -> int:
+        return self._session.in_flight
 
     def submit(
         self,
@@ -297,25 +311,37 @@ class ScoreSession:
         truncated: bool = False,
         id: str | None = None,
     ) -> concurrent.futures.Future[ScoreResult]:
-        """Send one request now; the future resolves when its result arrives."""
-        request = build_request(
-            domain, response, reference, options=options, truncated=truncated, id=id
-        )
-        future: concurrent.futures.Future[ScoreResult] = concurrent.futures.Future()
-        with self._lock:
-            if self._error is not None:  # the stream is over: nobody would resolve it
-                future.set_exception(self._error)
-                return future
-            if request.id in self._futures:
-                raise ValueError(f"request id {request.id!r} is already in flight")
-            self._futures[request.id] = future
-        self._outbox.put(request)
-        return future
+        """Send one request now (or when the window has room); the future resolves when its
+        result arrives."""
+        result: concurrent.futures.Future[ScoreResult] = concurrent.futures.Future()
+
+        def copy(done: asyncio.Future[ScoreResult]) -> None:
+            if done.exception() is not None:
+                result.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                result.set_result(done.result())
+
+        async def submit() -> None:
+            future = self._session.submit(
+                domain, response, reference, options=options, truncated=truncated, id=id
+            )
+            future.add_done_callback(copy)
+
+        self._run(submit())  # raises what submit raises (a duplicate id) in the caller
+        return result
 
     def close(self) -> None:
-        """Finish sending and wait until every result has arrived."""
-        self._outbox.put(_END)
-        self._reader.join()
+        """Wait until every submitted request is answered, end the stream, stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._session.close())
+        finally:
+            self._run(self._channel.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
 
     def __enter__(self) -> ScoreSession:
         return self
