@@ -234,8 +234,8 @@ def _render_tiny(tiny: dict[str, Any] | None) -> list[str]:
         f"computes its old- and reference-policy log-probs. Summed over the rounds, the "
         f"scoring spanned {tiny['reward_span_s']:.2f} s (first submit to last answer) and the "
         f"update waited {tiny['exposed_s']:.2f} s for rewards after its log-prob passes "
-        f"({100 * tiny['exposed_fraction']:.1f}% of that span; here the log-prob passes of a "
-        f"tiny model take milliseconds, so little can hide behind them). Mean reward rose from "
+        f"({100 * tiny['exposed_fraction']:.1f}% of that span: most responses were scored "
+        f"while the rest of their round was still being generated). Mean reward rose from "
         f"{tiny['mean_reward_first']:.2f} (first tenth of the steps) to "
         f"{tiny['mean_reward_last']:.2f} (last tenth).",
         "",
