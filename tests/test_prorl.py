@@ -6,9 +6,7 @@ The recipe is composed by hydra in a Python that has verl 0.9 (``.venv-verl``, o
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.verl_checks import verl_python
 from trainer.prorl import reset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,18 +262,6 @@ def test_cli_module_entry_point(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # the recipe, composed by verl's hydra config
 # --------------------------------------------------------------------------------------------
-
-
-def verl_python() -> str | None:
-    configured = os.environ.get("REWARD_SERVICE_VERL_PYTHON")
-    if configured:
-        return configured
-    venv = REPO / ".venv-verl" / "bin" / "python"
-    if venv.exists():
-        return str(venv)
-    if importlib.util.find_spec("verl") is not None:
-        return sys.executable
-    return None
 
 
 # Run by the verl Python: composes prorl.yaml (its defaults: verl's ppo_trainer) with the

@@ -13,35 +13,22 @@ everywhere. ``REWARD_SERVICE_VERL_RAY=0`` leaves out the part that starts a loca
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import running_server
+from tests.verl_checks import verl_python
 from trainer.verl.routing import DEFAULT_DOMAIN_MAP, RoutingConfig, plain, route
 
 REPO = Path(__file__).resolve().parents[1]
 # The verl side imports torch and verl, and with Ray starts a local cluster: minutes on 2 cores.
 pytestmark = pytest.mark.timeout(900)
-
-
-def verl_python() -> str | None:
-    configured = os.environ.get("REWARD_SERVICE_VERL_PYTHON")
-    if configured:
-        return configured
-    venv = REPO / ".venv-verl" / "bin" / "python"
-    if venv.exists():
-        return str(venv)
-    if importlib.util.find_spec("verl") is not None:
-        return sys.executable
-    return None
 
 
 NO_VERL = (

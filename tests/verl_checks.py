@@ -14,6 +14,7 @@ CASES.json: ``{"samples": [{"prompt", "response", "data_source", "reward_model",
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import string
@@ -27,6 +28,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 EOS, PAD, UNK = "<eos>", "<pad>", "<unk>"
 DEFER = ("+reward.reward_service.defer=true", "trainer.v1.trainer_mode=reward_service_sync")
+
+
+def verl_python() -> str | None:
+    """A Python with verl installed: $REWARD_SERVICE_VERL_PYTHON, else .venv-verl (built by
+    `deploy/install.sh --dev`), else this interpreter if it has verl; None if there is none."""
+    configured = os.environ.get("REWARD_SERVICE_VERL_PYTHON")
+    if configured:
+        return configured
+    venv = REPO / ".venv-verl" / "bin" / "python"
+    if venv.exists():
+        return str(venv)
+    if importlib.util.find_spec("verl") is not None:
+        return sys.executable
+    return None
 
 
 def build_tokenizer(directory: Path) -> str:

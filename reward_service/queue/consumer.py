@@ -52,7 +52,6 @@ MAX_HELD_PER_DOMAIN = 2048
 READ_BLOCK_MS = 1000
 HEARTBEAT_INTERVAL_S = 2.0
 COMPLETE_BATCH = 512
-MAX_BACKOFF_S = 2.0
 
 
 @dataclass(eq=False, slots=True)
@@ -63,7 +62,6 @@ class _Held:
     entry_id: bytes
     message: JobMessage | None  # None: undecodable, dead-lettered
     raw: bytes = b""
-    running: bool = False
 
 
 @dataclass(slots=True)
@@ -137,9 +135,7 @@ class StreamConsumer:
     async def drain(self, timeout_s: float) -> None:
         """Stop taking jobs; wait up to ``timeout_s`` for those held; hand back the rest."""
         self._accepting = False
-        for task in self._readers:
-            task.cancel()
-        await _cancelled(self._readers)
+        await streams.cancel_tasks(self._readers)
         if self._held:
             self._all_answered.clear()
             with contextlib.suppress(TimeoutError):
@@ -151,9 +147,8 @@ class StreamConsumer:
         """Drop everything at once (after :meth:`drain` for a graceful stop)."""
         self._accepting = False
         self._releasing = True
-        for task in self._readers + self._background:
-            task.cancel()
-        await _cancelled(self._readers + self._background)
+        await streams.cancel_tasks(self._readers)
+        await streams.cancel_tasks(self._background)
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 pipe = self.redis.pipeline(transaction=False)
@@ -266,7 +261,6 @@ class StreamConsumer:
         return _Held(domain, entry_id, message, raw)
 
     def _start(self, held: _Held, message: JobMessage) -> None:
-        held.running = True
         self._running_count[held.domain] += 1
         request = ScoreRequest(
             domain=message.domain,
@@ -278,7 +272,6 @@ class StreamConsumer:
         deadline = time.monotonic() + message.remaining_s()
 
         def deliver(result: ScoreResult) -> None:
-            held.running = False
             self._running_count[held.domain] -= 1
             self._room[held.domain].set()
             if self._releasing:
@@ -472,13 +465,4 @@ class StreamConsumer:
 
     async def _backoff(self, what: str, exc: object, failures: int) -> None:
         self._redis_ok = False
-        if failures == 1:
-            log.warning("Redis %s failed (%s); retrying", what, exc)
-        await asyncio.sleep(min(0.05 * 2**failures, MAX_BACKOFF_S))
-
-
-async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-            await task
-    tasks.clear()
+        await streams.backoff(what, exc, failures)

@@ -52,7 +52,6 @@ DEADLINE_MARGIN_S = 0.2
 DEADLINE_MARGIN_FRACTION = 0.2
 # A worker whose last heartbeat is older than this is not counted as live.
 HEARTBEAT_TIMEOUT_S = 10.0
-MAX_BACKOFF_S = 2.0
 
 
 @dataclass(eq=False, slots=True)
@@ -124,12 +123,7 @@ class RedisDispatcher:
 
     async def stop(self) -> None:
         self.running = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                await task
-        self._tasks.clear()
+        await streams.cancel_tasks(self._tasks)
         pending, self._pending = self._pending, {}
         self._outbox.clear()
         for entry in pending.values():
@@ -141,11 +135,6 @@ class RedisDispatcher:
 
     def is_ready(self) -> bool:
         return self.running and self._redis_ok
-
-    @property
-    def waiting(self) -> int:
-        """Jobs sent (or about to be) and not answered yet."""
-        return len(self._pending)
 
     # ----------------------------------------------------------------------------- submitting
 
@@ -383,6 +372,4 @@ class RedisDispatcher:
     async def _backoff(self, what: str, exc: BaseException, failures: int) -> None:
         self._redis_ok = False
         self.metrics.redis_up.set(0)
-        if failures == 1:
-            log.warning("Redis %s failed (%s); retrying", what, exc)
-        await asyncio.sleep(min(0.05 * 2**failures, MAX_BACKOFF_S))
+        await streams.backoff(what, exc, failures)

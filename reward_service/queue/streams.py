@@ -19,7 +19,10 @@ Layout (``<p>`` is ``Settings.redis_prefix``):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
+
+log = logging.getLogger(__name__)
 
 GROUP = "workers"
 JOB_FIELD = b"j"
@@ -36,6 +41,7 @@ VALUE_FIELD = b"v"
 DEAD_LETTER_MAXLEN = 10_000
 # A gateway's replies stream outlives a pause of its reader by this much, then expires.
 REPLIES_TTL_MS = 600_000
+MAX_BACKOFF_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +271,24 @@ def redacted(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+async def backoff(what: str, exc: object, failures: int) -> None:
+    """Wait before retrying a failed Redis call (exponential, capped); log the first failure
+    of a streak only, so an outage is one warning, not one per retry."""
+    if failures == 1:
+        log.warning("Redis %s failed (%s); retrying", what, exc)
+    await asyncio.sleep(min(0.05 * 2**failures, MAX_BACKOFF_S))
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks``, wait until they end, and empty the list."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            await task
+    tasks.clear()
 
 
 def is_nogroup(exc: Exception) -> bool:
