@@ -19,7 +19,7 @@ from typing import IO, Any, Protocol
 
 from pydantic import ValidationError
 
-from reward_service.settings import Settings
+from reward_service.settings import ENV_ONLY, Settings
 
 log = logging.getLogger("reward_service")
 
@@ -31,6 +31,8 @@ def _add_settings_flags(
     where the field has a better name (``worker --concurrency`` for ``workers``)."""
     group = parser.add_argument_group("service settings (also REWARD_SERVICE_<NAME> variables)")
     for name, info in Settings.model_fields.items():
+        if info.json_schema_extra == ENV_ONLY:
+            continue  # a secret: never on the command line
         flag = "--" + name.replace("_", "-")
         if renamed and name in renamed:
             flag, text = renamed[name]
@@ -42,7 +44,9 @@ def _add_settings_flags(
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    given = {n: getattr(args, n) for n in Settings.model_fields if getattr(args, n) is not None}
+    given = {
+        n: getattr(args, n) for n in Settings.model_fields if getattr(args, n, None) is not None
+    }
     try:
         return Settings(**given)
     except ValidationError as exc:

@@ -68,6 +68,13 @@ class ServiceMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "reward_service_refused_requests",
+            "Requests refused before scoring, by client (empty: not authenticated) and reason "
+            "(unauthenticated, rate, in_flight, too_large).",
+            ["client", "reason"],
+            registry=self.registry,
+        )
         self.workers_alive = Gauge(
             "reward_service_workers_ready",
             "Worker processes started and ready to take work.",
@@ -114,8 +121,9 @@ class QueueMetrics:
         )
         self.dropped_results = Counter(
             "reward_service_dropped_results",
-            "Results a gateway dropped: late (the request was already answered), duplicate, "
-            "or unreadable.",
+            "Results a gateway dropped, by reason: forged (bad or missing signature, or an "
+            "unknown queue key), not_waited_for (late, duplicate or replayed: the request is not "
+            "waited for), unreadable.",
             ["reason"],
             registry=registry,
         )
@@ -141,6 +149,13 @@ class QueueMetrics:
         self.dead_lettered = Counter(
             "reward_service_dead_lettered",
             "Jobs a worker moved to the dead-letter stream, by reason.",
+            ["domain", "reason"],
+            registry=registry,
+        )
+        self.rejected_jobs = Counter(
+            "reward_service_rejected_jobs",
+            "Jobs a worker refused to run, by reason (forged: bad or missing signature, or an "
+            "unknown queue key); they are dead-lettered and not answered.",
             ["domain", "reason"],
             registry=registry,
         )

@@ -2,15 +2,22 @@
 
 Every field can be set by a CLI flag (see ``reward_service.cli``) or by an environment
 variable ``REWARD_SERVICE_<FIELD>`` (e.g. ``REWARD_SERVICE_HTTP_PORT=9000``); flags win.
+Secrets (tokens, keys, passwords) are the exception: they are read from files or from the
+environment only, never from the command line (where ``ps`` shows them to every user), and
+they are :class:`~pydantic.SecretStr` so that they never appear in logs or reprs.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Marks a field that has no command-line flag (a secret: environment or file only).
+ENV_ONLY = {"env_only": True}
 
 
 def _split_csv(value: Any) -> Any:
@@ -25,9 +32,75 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REWARD_SERVICE_", extra="forbid")
 
     # Network
-    host: str = Field("127.0.0.1", description="Address the gRPC and HTTP servers bind to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC and HTTP servers bind to. Any address other than a "
+        "loopback one needs authentication (clients_file or REWARD_SERVICE_API_TOKENS, or "
+        "tls_client_ca_file) unless allow_unauthenticated is set.",
+    )
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+
+    # Authentication (docs/security.md)
+    clients_file: Path | None = Field(
+        None,
+        description="TOML file of API clients: each a name, a bearer token (or its SHA-256), "
+        "optionally a certificate CN, and limits (see docs/security.md). Read again when it "
+        "changes, so removing a client revokes its token without a restart.",
+    )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="API clients as NAME=TOKEN pairs, comma separated (environment only: "
+        "REWARD_SERVICE_API_TOKENS).",
+        json_schema_extra=ENV_ONLY,
+    )
+    open_health: bool = Field(
+        True,
+        description="Serve /healthz, /readyz and the gRPC health service without a token (for "
+        "probes); false protects them like the API.",
+    )
+    open_metrics: bool = Field(
+        True, description="Serve /metrics without a token; false protects it like the API."
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Allow serving a non-loopback address with no authentication configured "
+        "(anyone who reaches the port can then score and read results).",
+    )
+
+    # Transport security
+    tls_cert_file: Path | None = Field(
+        None,
+        description="Server certificate (PEM, with its chain) for HTTPS and gRPC over TLS; "
+        "needs tls_key_file.",
+    )
+    tls_key_file: Path | None = Field(None, description="Private key (PEM) of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that gRPC client certificates must be signed by: turns on "
+        "mutual TLS for gRPC, and a client certificate's CN then names the client.",
+    )
+
+    # Per-client limits (defaults; the clients file can set them per client)
+    client_rate: float = Field(
+        0.0,
+        ge=0,
+        description="Requests per second one client may send (token bucket; a batch counts "
+        "each item); 0 = no limit. Beyond it: 429 / RESOURCE_EXHAUSTED.",
+    )
+    client_burst: int = Field(
+        0,
+        ge=0,
+        description="Requests a client may send at once above its rate (bucket size); 0 = one "
+        "second of client_rate.",
+    )
+    client_max_in_flight: int = Field(
+        0,
+        ge=0,
+        description="Requests of one client being scored at once; 0 = no limit beyond "
+        "max_queued. Unary and batch calls beyond it get 429 / RESOURCE_EXHAUSTED; a stream "
+        "waits.",
+    )
 
     # Workers
     workers: int = Field(
@@ -49,7 +122,43 @@ class Settings(BaseSettings):
         None,
         description="Redis URL (redis://host:6379/0, rediss:// for TLS). `serve` with it routes "
         "requests onto Redis Streams for `worker` processes instead of running its own "
-        "workers; `worker` needs it.",
+        "workers; `worker` needs it. Put no password here (the URL is logged redacted, but a "
+        "flag shows in `ps`): use REWARD_SERVICE_REDIS_PASSWORD.",
+    )
+    redis_username: str | None = Field(
+        None, description="Redis ACL user (AUTH username); default: the URL's, or none."
+    )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Redis AUTH password (environment only: REWARD_SERVICE_REDIS_PASSWORD).",
+        json_schema_extra=ENV_ONLY,
+    )
+    redis_tls_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that the Redis server's certificate must chain to."
+    )
+    redis_tls_cert_file: Path | None = Field(
+        None, description="Client certificate (PEM) for Redis servers that require one."
+    )
+    redis_tls_key_file: Path | None = Field(
+        None, description="Private key (PEM) of redis_tls_cert_file."
+    )
+    queue_keys_file: Path | None = Field(
+        None,
+        description="File of NAME=SECRET lines: HMAC keys that sign jobs (gateways) and "
+        "results (workers) on Redis. The first line's key signs; every listed key verifies, "
+        "so a key is rotated by adding the new one first and revoked by deleting its line. "
+        "Required in distributed mode unless allow_unsigned_queue is set.",
+    )
+    queue_keys: SecretStr | None = Field(
+        None,
+        description="The same NAME=SECRET pairs, comma separated (environment only: "
+        "REWARD_SERVICE_QUEUE_KEYS).",
+        json_schema_extra=ENV_ONLY,
+    )
+    allow_unsigned_queue: bool = Field(
+        False,
+        description="Run distributed mode without queue keys: any client of the Redis server "
+        "can then forge jobs and results.",
     )
     redis_prefix: str = Field(
         "reward",

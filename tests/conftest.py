@@ -54,18 +54,19 @@ class ServerThread:
     @property
     def http_url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.http_port}"
+        scheme = "https" if self.settings.tls_cert_file else "http"
+        return f"{scheme}://127.0.0.1:{self.server.http_port}"
 
 
 @contextmanager
 def running_server(**overrides: Any) -> Iterator[ServerThread]:
-    settings = Settings(
-        grpc_port=0,
-        http_port=0,
-        workers=2,
-        verifier_modules=[TEST_VERIFIERS],
-        **overrides,
-    )
+    given: dict[str, Any] = {
+        "grpc_port": 0,
+        "http_port": 0,
+        "workers": 2,
+        "verifier_modules": [TEST_VERIFIERS],
+    }
+    settings = Settings(**(given | overrides))
     server = ServerThread(settings).start()
     try:
         yield server

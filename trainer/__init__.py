@@ -8,10 +8,12 @@ from trainer.client import (
     ScoreResult,
     ScoreSession,
 )
+from trainer.credentials import Credentials
 
 __all__ = [
     "AsyncRewardClient",
     "AsyncScoreSession",
+    "Credentials",
     "RewardClient",
     "RewardServiceError",
     "ScoreResult",

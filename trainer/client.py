@@ -6,6 +6,9 @@ generating, do other work, then gather the results. A result's :attr:`ScoreResul
 False for ``error`` and ``invalid`` results: mask those samples out of the loss instead of
 training on a fake 0.
 
+Authentication and TLS come from a :class:`~trainer.credentials.Credentials` (``credentials=``),
+by default read from ``REWARD_CLIENT_*`` environment variables.
+
 Example::
 
     with RewardClient("localhost:50051") as client:
@@ -32,6 +35,7 @@ import orjson
 from google.protobuf import json_format
 
 from reward_service.v1 import reward_pb2, reward_pb2_grpc
+from trainer.credentials import Credentials
 
 _STATUS_NAMES = {
     reward_pb2.STATUS_OK: "ok",
@@ -144,20 +148,23 @@ class RewardClient:
         retries: int = 2,
         retry_backoff_s: float = 0.5,
         max_message_bytes: int = 64 * 1024 * 1024,
+        credentials: Credentials | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
         self._target = target
+        self._credentials = credentials if credentials is not None else Credentials.from_env()
+        self._metadata = self._credentials.metadata()
         self._channel_options = _channel_options(max_message_bytes)
-        self._channel = grpc.insecure_channel(target, options=self._channel_options)
+        self._channel = self._credentials.channel(target, self._channel_options)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
         attempt = 0
         while True:
             try:
-                return method(request, timeout=timeout_s or self.timeout_s)
+                return method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code in _RETRYABLE_CODES and attempt < self.retries:
@@ -213,6 +220,7 @@ class RewardClient:
         return ScoreSession(
             self._target,
             self._channel_options,
+            self._credentials,
             timeout_s,
             max_in_flight=max_in_flight,
             request_timeout_s=request_timeout_s,
@@ -275,6 +283,7 @@ class ScoreSession:
         self,
         target: str,
         channel_options: list[tuple[str, Any]],
+        credentials: Credentials,
         timeout_s: float | None,
         **session_options: Any,
     ) -> None:
@@ -286,9 +295,11 @@ class ScoreSession:
         self._closed = False
 
         async def open_stream() -> tuple[grpc.aio.Channel, AsyncScoreSession]:
-            channel = grpc.aio.insecure_channel(target, options=channel_options)
+            channel = credentials.aio_channel(target, channel_options)
             stub = reward_pb2_grpc.RewardServiceStub(channel)
-            session = AsyncScoreSession(stub, timeout_s, **session_options)
+            session = AsyncScoreSession(
+                stub, timeout_s, metadata=credentials.metadata(), **session_options
+            )
             await session.__aenter__()
             return channel, session
 
@@ -361,20 +372,23 @@ class AsyncRewardClient:
         retries: int = 2,
         retry_backoff_s: float = 0.5,
         max_message_bytes: int = 64 * 1024 * 1024,
+        credentials: Credentials | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
-        self._channel = grpc.aio.insecure_channel(
-            target, options=_channel_options(max_message_bytes)
-        )
+        credentials = credentials if credentials is not None else Credentials.from_env()
+        self._metadata = credentials.metadata()
+        self._channel = credentials.aio_channel(target, _channel_options(max_message_bytes))
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
     async def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
         attempt = 0
         while True:
             try:
-                return await method(request, timeout=timeout_s or self.timeout_s)
+                return await method(
+                    request, timeout=timeout_s or self.timeout_s, metadata=self._metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _RETRYABLE_CODES and attempt < self.retries:
                     attempt += 1
@@ -427,6 +441,7 @@ class AsyncRewardClient:
         return AsyncScoreSession(
             self._stub,
             timeout_s,
+            metadata=self._metadata,
             max_in_flight=max_in_flight,
             request_timeout_s=request_timeout_s,
             retries=retries,
@@ -461,6 +476,7 @@ class AsyncScoreSession:
         stub: reward_pb2_grpc.RewardServiceStub,
         timeout_s: float | None,
         *,
+        metadata: tuple[tuple[str, str], ...] = (),
         max_in_flight: int | None = None,
         request_timeout_s: float | None = None,
         retries: int = 0,
@@ -469,6 +485,7 @@ class AsyncScoreSession:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._stub = stub
+        self._metadata = metadata
         self._timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.request_timeout_s = request_timeout_s
@@ -488,7 +505,11 @@ class AsyncScoreSession:
         self._error: Exception | None = None
 
     async def __aenter__(self) -> AsyncScoreSession:
-        call = self._stub.ScoreStream(self._stream(), timeout=self._timeout_s)
+        opened: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        call = self._stub.ScoreStream(
+            self._stream(opened), timeout=self._timeout_s, metadata=self._metadata
+        )
+        opened.set_result(call)
         self._reader = asyncio.create_task(self._read(call))
         return self
 
@@ -497,7 +518,12 @@ class AsyncScoreSession:
         """Requests at the service now (not counting those waiting for room)."""
         return len(self._sent)
 
-    async def _stream(self) -> AsyncIterator[reward_pb2.ScoreStreamRequest]:
+    async def _stream(
+        self, opened: asyncio.Future[Any]
+    ) -> AsyncIterator[reward_pb2.ScoreStreamRequest]:
+        # Write only once the server has accepted the stream (it sends its headers then): a
+        # write racing a refusal (UNAUTHENTICATED) would make grpc report INTERNAL instead.
+        await (await opened).initial_metadata()
         while (item := await self._outbox.get()) is not _END:
             more = _drain_nowait(self._outbox.get_nowait, asyncio.QueueEmpty)
             message, ended = _coalesce(item, more)

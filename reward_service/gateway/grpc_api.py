@@ -1,12 +1,20 @@
 """The gRPC front end: RewardService (Score, ScoreBatch, ScoreStream, ListDomains), the
-standard health service, and server reflection, on grpc.aio."""
+standard health service, and server reflection, on grpc.aio.
+
+Access (see :mod:`reward_service.gateway.access`): :class:`AccessInterceptor` authenticates
+every call (``authorization: Bearer <token>`` metadata, or a verified client certificate under
+mutual TLS) before any handler runs; without valid credentials every method, unknown ones
+included, answers UNAUTHENTICATED with the same words. Unary and batch calls over their
+client's limits get RESOURCE_EXHAUSTED; a stream waits for room instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,6 +24,8 @@ from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from reward_service.gateway.access import UNAUTHENTICATED_DETAIL, AccessControl
+from reward_service.gateway.auth import Client, ClientRegistry
 from reward_service.gateway.scoring import (
     InvalidRequestError,
     Scorer,
@@ -27,6 +37,7 @@ from reward_service.v1 import reward_pb2, reward_pb2_grpc
 from reward_service.verifiers.base import Status
 
 SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 STATUS_TO_PROTO = {
     Status.OK: reward_pb2.STATUS_OK,
     Status.INVALID: reward_pb2.STATUS_INVALID,
@@ -77,8 +88,9 @@ def _restore_ints(value: Any) -> Any:
     return value
 
 
-def request_from_proto(message: reward_pb2.ScoreRequest) -> ScoreRequest:
-    """Translate a wire request; :class:`InvalidRequestError` for an unparsable reference."""
+def request_from_proto(message: reward_pb2.ScoreRequest, client: str = "") -> ScoreRequest:
+    """Translate a wire request of ``client``; :class:`InvalidRequestError` for an unparsable
+    reference."""
     which = message.WhichOneof("reference")
     if which is None:
         reference: dict[str, Any] = {}
@@ -98,6 +110,7 @@ def request_from_proto(message: reward_pb2.ScoreRequest) -> ScoreRequest:
         options=options,
         truncated=message.truncated,
         id=message.id,
+        client=client,
     )
 
 
@@ -118,27 +131,136 @@ def _client_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    """Implements the RewardService RPCs on top of a :class:`Scorer`."""
+# The client of the call being handled, set by AccessInterceptor for the servicer.
+_CALLER: contextvars.ContextVar[Client] = contextvars.ContextVar("reward_service_caller")
 
-    def __init__(self, scorer: Scorer) -> None:
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates each call before its handler runs (see the module docstring)."""
+
+    def __init__(self, access: AccessControl) -> None:
+        self.access = access
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if not self.access.enabled:
+            return handler  # every caller is the anonymous client: nothing to check
+        method: str = handler_call_details.method
+        if self.access.open_health and method.startswith(f"/{HEALTH_SERVICE_NAME}/"):
+            return handler
+        authorization = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else None
+                break
+        if handler is None:
+            return _unknown_method_handler(self.access, authorization)
+        return _authenticated(handler, self.access, authorization)
+
+
+def _caller(
+    access: AccessControl, authorization: str | None, context: grpc.aio.ServicerContext
+) -> Client | None:
+    certificate_cn = None
+    if access.clients.any_certificate or access.clients.has_certificate_clients:
+        names = context.auth_context().get("x509_common_name")
+        if names:
+            certificate_cn = names[0].decode("utf-8", "replace")
+    return access.authenticate(authorization, certificate_cn)
+
+
+# (request streaming, response streaming) -> (behaviour attribute, handler constructor)
+_HANDLER_KINDS = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _authenticated(
+    handler: grpc.RpcMethodHandler, access: AccessControl, authorization: str | None
+) -> grpc.RpcMethodHandler:
+    """``handler`` behind a credentials check that also names the caller (``_CALLER``)."""
+    attribute, build = _HANDLER_KINDS[(handler.request_streaming, handler.response_streaming)]
+    inner = getattr(handler, attribute)
+
+    async def admitted(context: grpc.aio.ServicerContext) -> None:
+        client = _caller(access, authorization, context)
+        if client is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+        _CALLER.set(client)  # type: ignore[arg-type]
+
+    if handler.response_streaming:
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admitted(context)
+            async for reply in inner(request, context):
+                yield reply
+
+    else:
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[misc]
+            await admitted(context)
+            return await inner(request, context)
+
+    return build(behaviour, handler.request_deserializer, handler.response_serializer)
+
+
+def _unknown_method_handler(
+    access: AccessControl, authorization: str | None
+) -> grpc.RpcMethodHandler:
+    """UNAUTHENTICATED for a caller without credentials (who must not learn which methods
+    exist), UNIMPLEMENTED for an authenticated one."""
+
+    async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if _caller(access, authorization, context) is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        return b""
+
+    return grpc.unary_unary_rpc_method_handler(answer)
+
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    """Implements the RewardService RPCs on top of a :class:`Scorer`, within the limits of
+    each caller (``access``)."""
+
+    def __init__(self, scorer: Scorer, access: AccessControl) -> None:
         self.scorer = scorer
-        self.max_request_bytes = scorer.settings.max_request_bytes
-        self.max_batch_size = scorer.settings.max_batch_size
+        self.access = access
         self.stream_window = scorer.settings.max_queued
 
-    def _check_size(self, message: Message) -> None:
+    def _caller(self) -> Client:
+        # Unset only when the servicer runs without AccessInterceptor (never in the server).
+        return _CALLER.get(self.access.clients.anonymous)
+
+    def _check_size(self, message: Message, client: Client) -> None:
         size = message.ByteSize()
-        if size > self.max_request_bytes:
+        limit = client.limits.max_request_bytes
+        if size > limit:
             raise InvalidRequestError(
-                f"request is {size} bytes, above the limit of {self.max_request_bytes} "
-                "(max_request_bytes)"
+                f"request is {size} bytes, above the limit of {limit} (max_request_bytes)"
             )
+
+    async def _admit(self, client: Client, count: int, context: grpc.aio.ServicerContext) -> None:
+        refusal = self.access.admit(client, count)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.detail)
 
     async def Score(  # noqa: N802 - gRPC method names are fixed by the .proto
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreResult:
-        result = await self._submit_one(request, _client_deadline(context))
+        client = self._caller()
+        await self._admit(client, 1, context)
+        try:
+            result = await self._submit_one(request, _client_deadline(context), client)
+        finally:
+            self.access.release(client)
         if result.status is Status.INVALID:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.detail or "invalid")
         return result_to_proto(result)
@@ -146,24 +268,29 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     async def ScoreBatch(  # noqa: N802
         self, request: reward_pb2.ScoreBatchRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreBatchResponse:
+        client = self._caller()
         count = len(request.requests)
         if count == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch is empty")
-        if count > self.max_batch_size:
+        limit = client.limits.max_batch_size
+        if count > limit:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch has {count} requests, above the limit of {self.max_batch_size} "
-                "(max_batch_size)",
+                f"batch has {count} requests, above the limit of {limit} (max_batch_size)",
             )
         requests: list[ScoreRequest] = []
         early: dict[int, ScoreResult] = {}
         for index, message in enumerate(request.requests):
             try:
-                self._check_size(message)
-                requests.append(request_from_proto(message))
+                self._check_size(message, client)
+                requests.append(request_from_proto(message, client.name))
             except InvalidRequestError as exc:
                 early[index] = ScoreResult(message.id, 0.0, Status.INVALID, str(exc))
-        scored = iter(await self.scorer.score_many(requests, _client_deadline(context)))
+        await self._admit(client, len(requests), context)
+        try:
+            scored = iter(await self.scorer.score_many(requests, _client_deadline(context)))
+        finally:
+            self.access.release(client, len(requests))
         results = [early[i] if i in early else next(scored) for i in range(count)]
         return reward_pb2.ScoreBatchResponse(results=[result_to_proto(r) for r in results])
 
@@ -172,6 +299,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         request_iterator: AsyncIterator[reward_pb2.ScoreStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[reward_pb2.ScoreStreamResponse]:
+        client = self._caller()
+        # Headers at once tell the client that the stream was accepted before it writes (ours
+        # waits for them: a write racing a refusal such as UNAUTHENTICATED surfaces as
+        # INTERNAL in grpc's client).
+        await context.send_initial_metadata(())
         deadline = _client_deadline(context)
         ready: list[ScoreResult] = []
         wake = asyncio.Event()
@@ -184,6 +316,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             ready.append(future.result())
             state["in_flight"] -= 1
             window.release()
+            self.access.release(client)
             wake.set()
 
         async def read_requests() -> None:
@@ -191,8 +324,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 async for message in request_iterator:
                     for item in message.requests:
                         await window.acquire()
+                        await self.access.wait(client)  # the client's rate and in-flight room
                         state["in_flight"] += 1
-                        self._submit_one(item, deadline).add_done_callback(deliver)
+                        self._submit_one(item, deadline, client).add_done_callback(deliver)
             finally:
                 state["reading"] = False
                 wake.set()
@@ -217,11 +351,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             reader.cancel()
 
     def _submit_one(
-        self, message: reward_pb2.ScoreRequest, deadline: float | None
+        self, message: reward_pb2.ScoreRequest, deadline: float | None, client: Client
     ) -> asyncio.Future[ScoreResult]:
         try:
-            self._check_size(message)
-            request = request_from_proto(message)
+            self._check_size(message, client)
+            request = request_from_proto(message, client.name)
         except InvalidRequestError as exc:
             future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
             future.set_result(ScoreResult(message.id, 0.0, Status.INVALID, str(exc)))
@@ -245,31 +379,57 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         )
 
 
+def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' certificate files (None: plaintext); with
+    ``tls_client_ca_file``, clients must present a certificate signed by that CA."""
+    if settings.tls_cert_file is None:
+        return None
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def build_grpc_server(
-    scorer: Scorer, health_servicer: health.aio.HealthServicer, address: str
+    scorer: Scorer,
+    health_servicer: health.aio.HealthServicer,
+    address: str,
+    access: AccessControl | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with the reward, health and reflection services; returns its port."""
+    """A grpc.aio server with the reward, health and reflection services, behind ``access``
+    (default: what the scorer's settings configure) and over TLS when the settings give a
+    certificate; returns its port."""
+    settings = scorer.settings
+    if access is None:
+        access = AccessControl(ClientRegistry(settings), scorer.metrics)
     # Oversized messages up to twice the limit reach our handler, which names the limit;
     # beyond that gRPC itself refuses them with RESOURCE_EXHAUSTED.
-    limit = 2 * scorer.settings.max_request_bytes
+    limit = 2 * settings.max_request_bytes
     server = grpc.aio.server(
+        interceptors=[AccessInterceptor(access)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
-    reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(scorer), server)
+    reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(scorer, access), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [
             SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            HEALTH_SERVICE_NAME,
             reflection.SERVICE_NAME,
         ],
         server,
     )
-    port = server.add_insecure_port(address)
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind the gRPC server to {address}")
     return server, port

@@ -3,6 +3,11 @@
 Every failure to understand a request (malformed JSON, wrong types, an oversized body, an
 empty batch) is answered with a 4xx whose body has ``"status": "invalid"`` and a ``detail``
 that says what is wrong, in the same shape as a scoring result.
+
+When authentication is on, every route but the open probes needs ``Authorization: Bearer
+<token>``; anything else gets the same bare 401, whatever the path (unknown routes included).
+A client over its rate or in-flight limit gets 429 with ``Retry-After`` and ``"status":
+"error"`` (the request was not scored: retry it later, or mask the sample).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reward_service.gateway.access import UNAUTHENTICATED_DETAIL, AccessControl
+from reward_service.gateway.auth import Client, ClientRegistry
+from reward_service.gateway.limits import Refusal, retry_after_header
 from reward_service.gateway.scoring import (
     InvalidRequestError,
     Scorer,
@@ -44,7 +52,7 @@ class ScoreRequestBody(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="Domain options.")
     truncated: bool = Field(False, description="Generation hit its length limit (no EOS).")
 
-    def to_request(self) -> ScoreRequest:
+    def to_request(self, client: str = "") -> ScoreRequest:
         return ScoreRequest(
             self.domain,
             self.response,
@@ -52,6 +60,7 @@ class ScoreRequestBody(BaseModel):
             self.options,
             self.truncated,
             self.id or "",
+            client,
         )
 
 
@@ -87,6 +96,9 @@ class OpenRLHFRequestBody(BaseModel):
 
 
 _ITEM = TypeAdapter(ScoreRequestBody)
+OPEN_HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+# Where AccessMiddleware leaves the authenticated Client for the routes.
+CLIENT_SCOPE_KEY = "reward_service.client"
 
 
 def invalid(detail: str, status_code: int = 400, request_id: str | None = None) -> JSONResponse:
@@ -96,20 +108,67 @@ def invalid(detail: str, status_code: int = 400, request_id: str | None = None) 
     return JSONResponse(body, status_code=status_code)
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies above ``limit`` bytes with 413, before anything parses them."""
+def refused(refusal: Refusal, request_id: str | None = None) -> JSONResponse:
+    """429 for a call over its client's rate or in-flight limit."""
+    body: dict[str, Any] = {"status": Status.ERROR.value, "detail": refusal.detail}
+    if request_id is not None:
+        body = {"id": request_id, "reward": 0.0, **body}
+    return JSONResponse(body, status_code=429, headers={"Retry-After": retry_after_header(refusal)})
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class AccessMiddleware:
+    """Authenticate every request before routing (so that an unauthenticated caller cannot
+    even tell which paths exist) and leave the :class:`Client` in the scope for the routes."""
+
+    def __init__(self, app: ASGIApp, access: AccessControl) -> None:
         self.app = app
-        self.limit = limit
+        self.access = access
+
+    def _is_open(self, path: str) -> bool:
+        return (self.access.open_health and path in OPEN_HEALTH_PATHS) or (
+            self.access.open_metrics and path == "/metrics"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._is_open(scope["path"]):
+            client: Client | None = self.access.clients.anonymous
+        else:
+            header = dict(scope["headers"]).get(b"authorization")
+            client = self.access.authenticate(
+                header.decode("latin-1") if header is not None else None
+            )
+        if client is None:
+            response = JSONResponse(
+                {"status": Status.INVALID.value, "detail": UNAUTHENTICATED_DETAIL},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="reward-service"'},
+            )
+            await response(scope, receive, send)
+            return
+        scope[CLIENT_SCOPE_KEY] = client
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies above the client's ``max_request_bytes`` (``default_limit`` for
+    a request without a client) with 413, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, default_limit: int) -> None:
+        self.app = app
+        self.default_limit = default_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get(CLIENT_SCOPE_KEY)
+        limit = client.limits.max_request_bytes if client is not None else self.default_limit
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send, int(declared))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, int(declared), limit)
             return
         # Read the body here, within the limit, and replay it to the app: FastAPI would turn
         # an exception raised from receive() into a generic 400.
@@ -122,8 +181,8 @@ class BodyLimitMiddleware:
                 return  # the client went away
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                await self._refuse(scope, receive, send, size)
+            if size > limit:
+                await self._refuse(scope, receive, send, size, limit)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -139,10 +198,11 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, size: int, limit: int
+    ) -> None:
         detail = (
-            f"request body is at least {size} bytes, above the limit of {self.limit} "
-            "(max_request_bytes)"
+            f"request body is at least {size} bytes, above the limit of {limit} (max_request_bytes)"
         )
         await invalid(detail, 413)(scope, receive, send)
 
@@ -150,10 +210,14 @@ class BodyLimitMiddleware:
 def build_http_app(
     scorer: Scorer,
     is_ready: Callable[[], bool],
+    access: AccessControl | None = None,
     openrlhf_domain: str = "math",
 ) -> ASGIApp:
-    """The ASGI application of the HTTP API."""
+    """The ASGI application of the HTTP API; ``access`` defaults to what the scorer's
+    settings configure."""
     settings = scorer.settings
+    if access is None:
+        access = AccessControl(ClientRegistry(settings), scorer.metrics)
     app = FastAPI(
         title="reward-service",
         summary="Verifiable rewards for RL of reasoning models: math, code, STEM, "
@@ -208,19 +272,37 @@ def build_http_app(
             deadline = deadline_from(request)
         except InvalidRequestError as exc:
             return invalid(str(exc), 400, body.id or "")
-        result = await scorer.score(body.to_request(), deadline)
+        client = client_of(request)
+        if (refusal := access.admit(client, 1)) is not None:
+            return refused(refusal, body.id or "")
+        try:
+            result = await scorer.score(body.to_request(client.name), deadline)
+        finally:
+            access.release(client)
         status_code = 400 if result.status is Status.INVALID else 200
         return JSONResponse(result.to_json(), status_code=status_code)
 
-    def batch_size_problem(count: int) -> str | None:
+    def client_of(request: Request) -> Client:
+        return request.scope[CLIENT_SCOPE_KEY]  # type: ignore[no-any-return]
+
+    def batch_size_problem(client: Client, count: int) -> str | None:
         if count == 0:
             return "batch is empty"
-        if count > settings.max_batch_size:
-            return (
-                f"batch has {count} requests, above the limit of {settings.max_batch_size} "
-                "(max_batch_size)"
-            )
+        limit = client.limits.max_batch_size
+        if count > limit:
+            return f"batch has {count} requests, above the limit of {limit} (max_batch_size)"
         return None
+
+    async def score_admitted(
+        client: Client, requests: list[ScoreRequest], deadline: float | None = None
+    ) -> list[ScoreResult] | Refusal:
+        """Score ``requests`` of ``client`` within its limits (the whole call, or a refusal)."""
+        if (refusal := access.admit(client, len(requests))) is not None:
+            return refusal
+        try:
+            return await scorer.score_many(requests, deadline)
+        finally:
+            access.release(client, len(requests))
 
     @app.post("/v1/score/batch", response_model=BatchResultBody)
     async def score_batch(body: BatchRequestBody, request: Request) -> JSONResponse:
@@ -231,37 +313,44 @@ def build_http_app(
             deadline = deadline_from(request)
         except InvalidRequestError as exc:
             return invalid(str(exc))
-        if (problem := batch_size_problem(count)) is not None:
+        client = client_of(request)
+        if (problem := batch_size_problem(client, count)) is not None:
             return invalid(problem)
         requests: list[ScoreRequest] = []
         early: dict[int, ScoreResult] = {}
         for index, item in enumerate(body.requests):
             try:
-                requests.append(_ITEM.validate_python(item).to_request())
+                requests.append(_ITEM.validate_python(item).to_request(client.name))
             except ValidationError as exc:
                 item_id = ""
                 if isinstance(item, dict) and isinstance(item.get("id"), str):
                     item_id = item["id"]
                 detail = describe_validation_error(f"requests[{index}]", exc)
                 early[index] = ScoreResult(item_id, 0.0, Status.INVALID, detail)
-        scored = iter(await scorer.score_many(requests, deadline))
+        outcome = await score_admitted(client, requests, deadline)
+        if isinstance(outcome, Refusal):
+            return refused(outcome)
+        scored = iter(outcome)
         results = [early[i] if i in early else next(scored) for i in range(count)]
         return JSONResponse({"results": [r.to_json() for r in results]})
 
     @app.post("/get_reward")
-    async def openrlhf_get_reward(body: OpenRLHFRequestBody) -> JSONResponse:
+    async def openrlhf_get_reward(body: OpenRLHFRequestBody, request: Request) -> JSONResponse:
         """OpenRLHF-compatible scoring: ``{query, prompts, labels}`` -> ``{rewards, scores,
         extra_logs}``. Samples that could not be scored get reward 0 and ``valid`` 0."""
         if len(body.labels) != len(body.query):
             return invalid(f"labels has {len(body.labels)} items but query has {len(body.query)}")
-        if (problem := batch_size_problem(len(body.query))) is not None:
+        client = client_of(request)
+        if (problem := batch_size_problem(client, len(body.query))) is not None:
             return invalid(problem)
         requests = []
         for index, (query, label) in enumerate(zip(body.query, body.labels, strict=True)):
             prompt = body.prompts[index] if index < len(body.prompts) else ""
             response = query[len(prompt) :] if prompt and query.startswith(prompt) else query
-            requests.append(_openrlhf_request(response, label, openrlhf_domain))
-        results = await scorer.score_many(requests)
+            requests.append(_openrlhf_request(response, label, openrlhf_domain, client.name))
+        results = await score_admitted(client, requests)
+        if isinstance(results, Refusal):
+            return refused(results)
         rewards = [r.reward for r in results]
         return JSONResponse(
             {
@@ -298,10 +387,10 @@ def build_http_app(
         """Prometheus metrics."""
         return Response(scorer.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return BodyLimitMiddleware(app, settings.max_request_bytes)
+    return AccessMiddleware(BodyLimitMiddleware(app, settings.max_request_bytes), access)
 
 
-def _openrlhf_request(response: str, label: str, default_domain: str) -> ScoreRequest:
+def _openrlhf_request(response: str, label: str, default_domain: str, client: str) -> ScoreRequest:
     try:
         parsed = json.loads(label)
     except json.JSONDecodeError:
@@ -312,5 +401,8 @@ def _openrlhf_request(response: str, label: str, default_domain: str) -> ScoreRe
             response=response,
             reference=parsed.get("reference", {}),
             options=parsed.get("options", {}),
+            client=client,
         )
-    return ScoreRequest(domain=default_domain, response=response, reference={"ground_truth": label})
+    return ScoreRequest(
+        domain=default_domain, response=response, reference={"ground_truth": label}, client=client
+    )

@@ -45,6 +45,9 @@ class ScoreRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     truncated: bool = False
     id: str = ""
+    # The authenticated client that sent it (set by the front end): queues are fair across
+    # clients.
+    client: str = ""
 
 
 @dataclass(slots=True)
@@ -126,7 +129,15 @@ class Scorer:
         except ValidationError as exc:
             raise InvalidRequestError(describe_validation_error("options", exc)) from None
         budget = verifier.worker_budget_s(reference, options, self.settings.max_timeout_s)
-        return Job(request.domain, request.response, reference, options, budget, deadline)
+        return Job(
+            request.domain,
+            request.response,
+            reference,
+            options,
+            budget,
+            deadline,
+            client=request.client,
+        )
 
     def deadline_for(self, client_deadline: float | None) -> float:
         """The request's deadline: the client's (less the time an answer takes to reach it,

@@ -4,9 +4,11 @@ The gateway (or, in distributed mode, a worker node) calls :meth:`WorkerPool.sub
 :class:`Job`; the returned future always resolves to a :class:`Verdict` by the job's deadline
 (plus the kill grace), whatever happens to the processes:
 
-- Jobs wait in one FIFO per domain, bounded by ``max_queued`` (beyond it ``submit`` answers
+- Jobs wait in one queue per domain, bounded by ``max_queued`` (beyond it ``submit`` answers
   ``error`` at once instead of growing without bound). A job still queued at its deadline is
-  answered ``error``: the sample did nothing wrong, the service was too slow.
+  answered ``error``: the sample did nothing wrong, the service was too slow. Within a domain
+  the queue is fair across clients (:class:`FairQueue`: round robin, FIFO per client), so one
+  client's flood does not starve another's requests.
 - An idle worker gets a batch of one domain's jobs sized to take about ``batch_target_s`` of
   estimated verifier time, so cheap verifiers (microseconds) do not pay a process round trip
   per item while expensive ones (math, code) are still spread over all workers.
@@ -29,7 +31,6 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 from reward_service.metrics import ServiceMetrics
 from reward_service.verifiers.base import Status, StrictModel, Verdict, VerifierOptions
 from reward_service.workers import child
+from reward_service.workers.fair_queue import FairQueue
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class Job:
     budget_s: float
     deadline: float
     on_verdict: Callable[[Verdict], None] | None = None
+    # Who asked (an authenticated client's name): the queue is fair across clients.
+    client: str = ""
     # The ScoreRequest it was built from: what a queue that crosses processes sends as is.
     request: Any = None
     future: asyncio.Future[Verdict] | None = field(init=False, default=None)
@@ -188,7 +192,7 @@ class WorkerPool:
         self.context.set_forkserver_preload(
             ["reward_service.workers.child", *self._verifier_module_names()]
         )
-        self._queues: dict[str, deque[Job]] = {d: deque() for d in self.domains}
+        self._queues: dict[str, FairQueue[Job]] = {d: FairQueue() for d in self.domains}
         self._round_robin = itertools.cycle(self.domains)
         self._queued = 0
         self._batch_ids = itertools.count()
@@ -307,9 +311,7 @@ class WorkerPool:
         """Drop jobs already answered (expired, or cancelled by their caller) from the queues,
         which otherwise keep them until a worker pops them; returns the live count. O(queued),
         so only run when the queue looks full."""
-        for domain, queue in self._queues.items():
-            self._queues[domain] = deque(job for job in queue if not job.done)
-        self._queued = sum(len(queue) for queue in self._queues.values())
+        self._queued = sum(queue.drop_done() for queue in self._queues.values())
         return self._queued
 
     def _enqueue(self, job: Job, *, at_head: bool) -> None:
@@ -350,7 +352,7 @@ class WorkerPool:
             if self._queues[domain]:
                 return domain
 
-    def _take(self, queue: deque[Job], size: int) -> list[Job]:
+    def _take(self, queue: FairQueue[Job], size: int) -> list[Job]:
         """Pop up to ``size`` live jobs; jobs already expired are answered on the way."""
         now = time.monotonic()
         jobs: list[Job] = []
@@ -514,5 +516,5 @@ def _expired_in_queue() -> Verdict:
 
 
 def _expire_in_queue(job: Job) -> None:
-    # The job stays in its deque (removal would be O(n)); _take skips it as already answered.
+    # The job stays in its queue (removal would be O(n)); _take skips it as already answered.
     job.resolve(_expired_in_queue())
