@@ -30,6 +30,8 @@ from tests.certs import TestCA
 from tests.conftest import TEST_VERIFIERS, ServerThread, running_server
 from trainer.client import RewardClient, RewardServiceError
 from trainer.credentials import Credentials
+from trainer.trl import RewardServiceFunction
+from trainer.verl.scoring import ServiceCaller, ServiceSettings
 
 TOKEN_A = "team-a-token-0123456789abcdef"
 TOKEN_B = "team-b-token-fedcba9876543210"
@@ -201,6 +203,32 @@ def test_client_reads_its_token_from_the_environment(
     monkeypatch.setenv("REWARD_CLIENT_TOKEN_FILE", str(token_file))
     with RewardClient(secured.grpc_target) as client:
         assert client.score("test_echo", "r", {"reward": 0.25}).reward == 0.25
+
+
+def test_trainer_integrations_take_the_same_credentials(
+    tls_server: ServerThread, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN_A)
+    credentials = Credentials(token=TOKEN_A, ca_file=pki["ca"].cert_file)
+    reward = RewardServiceFunction(
+        tls_server.grpc_target, domain="test_echo", credentials=credentials
+    )
+    assert reward(["p"], ["c"], reference=[{"reward": 0.5}]) == [0.5]
+    settings = ServiceSettings.from_mapping(
+        {
+            "target": tls_server.grpc_target,
+            "token_file": str(token_file),
+            "tls_ca_file": str(pki["ca"].cert_file),
+        }
+    )
+    assert settings.credentials() == credentials
+
+    async def score() -> float:
+        result = await ServiceCaller(settings).score("test_echo", "r", {"reward": 0.25})
+        return result.reward
+
+    assert asyncio.run(score()) == 0.25
 
 
 def test_revoking_a_token_takes_effect_without_a_restart(tmp_path: Path) -> None:

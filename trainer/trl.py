@@ -19,7 +19,7 @@ Example::
     from trl import GRPOConfig, GRPOTrainer
     from trainer.trl import RewardServiceFunction
 
-    reward = RewardServiceFunction("reward-service:50051")
+    reward = RewardServiceFunction("reward-service:50051")  # token, TLS: REWARD_CLIENT_*
     trainer = GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=dataset, args=...)
 """
 
@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trainer.client import RewardClient, RewardServiceError, ScoreResult
+from trainer.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ class RewardServiceFunction:
         retry_backoff_s: float = 0.5,
         masked_reward: float | None = None,
         name: str = "reward_service",
+        credentials: Credentials | None = None,
     ) -> None:
-        self.client = RewardClient(target, timeout_s=timeout_s)
+        # Without credentials the client reads REWARD_CLIENT_* variables (token, TLS).
+        self.client = RewardClient(target, timeout_s=timeout_s, credentials=credentials)
         self.domain = domain
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from trainer.client import AsyncRewardClient, AsyncScoreSession, RewardServiceError, ScoreResult
+from trainer.credentials import Credentials
 from trainer.verl.routing import DOMAINS, RoutingConfig, env_target
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,25 @@ class ServiceSettings(RoutingConfig):
     # advantage) or "error_reward" (leave error_reward).
     masked_reward: str = "group_mean"
     max_message_bytes: int = 64 * 1024 * 1024
+    # Authentication and TLS (docs/security.md): paths only, so that no secret sits in the
+    # trainer's config; anything unset comes from the REWARD_CLIENT_* environment variables.
+    token_file: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_server_name: str | None = None
+
+    def credentials(self) -> Credentials:
+        """The client credentials these settings describe."""
+        return Credentials.from_options(
+            token_file=self.token_file,
+            tls=self.tls,
+            ca_file=self.tls_ca_file,
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            server_name=self.tls_server_name,
+        )
 
     @classmethod
     def from_mapping(
@@ -157,6 +177,7 @@ class ServiceCaller:
                 retries=self.settings.retries,
                 retry_backoff_s=self.settings.retry_backoff_s,
                 max_message_bytes=self.settings.max_message_bytes,
+                credentials=self.settings.credentials(),
             )
             entry = (client, [None])
             self._per_loop[loop] = entry
