@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 import statistics
 import time
 from collections import Counter
@@ -30,6 +31,12 @@ from trainer.client import AsyncRewardClient, RewardClient
 # Shares of the mixed load (roughly the reference recipe's training mix, by samples).
 MIX = {"math": 0.25, "code": 0.10, "stem": 0.15, "reasoning_gym": 0.35, "ifeval": 0.15}
 WINDOW = 4096  # requests in flight, as a trainer streaming a rollout batch would have
+
+
+def queue_keys() -> dict[str, str]:
+    """The environment that gives a gateway and its workers one fresh queue key: distributed
+    mode signs jobs and results, and the benchmark measures that cost too."""
+    return {"REWARD_SERVICE_QUEUE_KEYS": f"bench={secrets.token_hex(32)}"}
 
 
 def stem_samples(count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
@@ -160,9 +167,10 @@ def _mixed(workers: int, total: int, calls: int) -> dict[str, Any]:
         embedded_unary = _unary_latency_ms(embedded.grpc_target, calls)
     with RedisServer() as redis_server:
         url = ["--redis-url", redis_server.url]
+        keys = queue_keys()
         with (
-            ServiceProcess(workers=1, extra_args=url) as gateway,
-            ServiceProcess(workers=workers, extra_args=url, command="worker"),
+            ServiceProcess(workers=1, extra_args=url, env=keys) as gateway,
+            ServiceProcess(workers=workers, extra_args=url, command="worker", env=keys),
         ):
             asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up"))
             distributed_load = asyncio.run(run_load(gateway.grpc_target, requests, "timed"))
@@ -215,13 +223,14 @@ def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
     cores = {}
     with RedisServer() as redis_server:
         extra = ["--redis-url", redis_server.url, "--domains", domain]
+        keys = queue_keys()
         with (
-            ServiceProcess(workers=1, extra_args=extra) as gateway,
-            ServiceProcess(workers=1, extra_args=extra, command="worker"),
+            ServiceProcess(workers=1, extra_args=extra, env=keys) as gateway,
+            ServiceProcess(workers=1, extra_args=extra, command="worker", env=keys),
         ):
             asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up-1"))
             rates[1], cores[1] = _timed_load(gateway.grpc_target, requests, "one")
-            with ServiceProcess(workers=1, extra_args=extra, command="worker"):
+            with ServiceProcess(workers=1, extra_args=extra, command="worker", env=keys):
                 asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up-2"))
                 rates[2], cores[2] = _timed_load(gateway.grpc_target, requests, "two")
     return {

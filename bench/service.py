@@ -21,15 +21,22 @@ def free_port() -> int:
 
 class ServiceProcess:
     """``with ServiceProcess(workers=2) as service:`` runs the gateway until the block ends;
-    ``command="worker"`` runs a distributed worker instead (``workers`` processes).
+    ``command="worker"`` runs a distributed worker instead (``workers`` processes). ``env``
+    adds environment variables (e.g. ``REWARD_SERVICE_QUEUE_KEYS``).
 
     A separate process keeps the benchmark's client off the gateway's interpreter, as in
     production, where the trainer is another process (or machine).
     """
 
     def __init__(
-        self, *, workers: int, extra_args: list[str] | None = None, command: str = "serve"
+        self,
+        *,
+        workers: int,
+        extra_args: list[str] | None = None,
+        command: str = "serve",
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.env = {**os.environ, **(env or {})}
         self.grpc_port = free_port()
         self.http_port = free_port()
         if command == "serve":
@@ -61,7 +68,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def __enter__(self) -> ServiceProcess:
-        self.process = subprocess.Popen(self.args, env=dict(os.environ))
+        self.process = subprocess.Popen(self.args, env=self.env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,25 +1,43 @@
 """Real processes for the distributed-mode tests: ``redis-server`` on a free port (no
 persistence, restartable on the same port: :class:`bench.redis_server.RedisServer`) and
-``reward-service worker`` subprocesses."""
+``reward-service worker`` subprocesses, which share the queue keys :data:`QUEUE_KEYS` with
+gateways started by :func:`distributed_server`."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from bench.redis_server import RedisServer
 from bench.service import free_port
-from tests.conftest import TEST_VERIFIERS
+from tests.conftest import TEST_VERIFIERS, ServerThread, running_server
 
-__all__ = ["RedisServer", "WorkerProcess", "free_port", "needs_redis", "wait_for"]
+__all__ = [
+    "QUEUE_KEYS",
+    "RedisServer",
+    "WorkerProcess",
+    "distributed_server",
+    "free_port",
+    "needs_redis",
+    "scrape",
+    "wait_for",
+]
+
+# The queue keys (NAME=SECRET) of the tests' gateways and workers; fresh for each test run.
+QUEUE_KEYS = f"tests={secrets.token_hex(32)}"
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(
@@ -38,7 +56,9 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05) -> No
 
 
 class WorkerProcess:
-    """``reward-service worker`` as a real subprocess (so that it can be SIGKILLed)."""
+    """``reward-service worker`` as a real subprocess (so that it can be SIGKILLed). It gets
+    :data:`QUEUE_KEYS` through the environment; ``env`` adds variables, or removes them
+    (a None value)."""
 
     def __init__(
         self,
@@ -48,6 +68,7 @@ class WorkerProcess:
         concurrency: int = 1,
         extra: list[str] | None = None,
         log_path: Path | None = None,
+        env: Mapping[str, str | None] | None = None,
     ) -> None:
         command = [
             sys.executable, "-m", "reward_service.cli", "--log-level", "WARNING", "worker",
@@ -60,11 +81,17 @@ class WorkerProcess:
         ]  # fmt: skip
         self.log_path = log_path
         self.log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        variables = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "REWARD_SERVICE_QUEUE_KEYS": QUEUE_KEYS,
+            **(env or {}),
+        }
         self.process = subprocess.Popen(
             command,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={name: value for name, value in variables.items() if value is not None},
             cwd=Path(__file__).resolve().parent.parent,
         )
 
@@ -82,6 +109,24 @@ class WorkerProcess:
             self.process.wait(10)
         if self.log is not subprocess.DEVNULL:
             self.log.close()
+
+
+def scrape(url: str, line_prefix: str) -> float:
+    """The sum of the Prometheus samples at ``url`` whose line starts with ``line_prefix``."""
+    text = httpx.get(url).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix)
+    )
+
+
+@contextmanager
+def distributed_server(redis_url: str, **overrides: Any) -> Iterator[ServerThread]:
+    """A gateway in distributed mode on ``redis_url``, with :data:`QUEUE_KEYS` unless
+    ``overrides`` set other keys."""
+    keyed = {"queue_keys_file", "queue_keys", "allow_unsigned_queue"} & overrides.keys()
+    keys = {} if keyed else {"queue_keys": QUEUE_KEYS}
+    with running_server(redis_url=redis_url, **keys, **overrides) as server:
+        yield server
 
 
 def live_workers(client: redis.Redis, domain: str, prefix: str = "reward") -> int:

@@ -4,18 +4,27 @@ compose client exists. Nothing here needs a Docker engine."""
 from __future__ import annotations
 
 import shutil
+import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from reward_service.queue.security import Keyring
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 REDIS_URL = "redis://redis:6379/0"
 ALL_DOMAINS = {"math", "code", "stem", "reasoning_gym", "ifeval"}
 SANDBOX_OPTIONS = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+KEY_DIRECTORY = "/var/lib/reward-service/queue-keys"
+DEPENDS = {
+    "redis": {"condition": "service_healthy"},
+    "queue-keys": {"condition": "service_completed_successfully"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,7 @@ def test_gateway_serves_from_redis_on_the_default_ports(
     assert flag(gateway["command"], "--redis-url") == REDIS_URL
     assert set(gateway["ports"]) == {"50051:50051", "8000:8000"}
     assert gateway["environment"]["REWARD_SERVICE_HOST"] == "0.0.0.0"
-    assert gateway["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert gateway["depends_on"] == DEPENDS
     assert "8000/readyz" in " ".join(gateway["healthcheck"]["test"])
 
 
@@ -75,11 +84,37 @@ def test_workers_are_scalable_and_drain(services: dict[str, dict[str, Any]]) -> 
         # `docker compose up --scale NAME=N` needs no fixed name and no fixed host port.
         assert "container_name" not in service, name
         assert "ports" not in service, name
-        assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
+        assert service["depends_on"] == DEPENDS, name
         assert "9100/readyz" in " ".join(service["healthcheck"]["test"]), name
         # Longer than the worker's default --drain-timeout-s (30 s).
         assert service["stop_grace_period"].endswith("s")
         assert int(service["stop_grace_period"][:-1]) > 30, name
+
+
+def test_queue_keys_made_once_and_mounted_read_only(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    keys = services["queue-keys"]
+    assert keys["restart"] == "no"  # a one-shot
+    assert keys["volumes"] == [f"queue-keys:{KEY_DIRECTORY}"]
+    key_file = flag(keys["command"], "keygen")
+    assert key_file.startswith(KEY_DIRECTORY + "/")
+    for name, service in services.items():
+        if name in ("redis", "queue-keys", "embedded"):
+            continue
+        assert service["volumes"] == [f"queue-keys:{KEY_DIRECTORY}:ro"], name
+        assert service["environment"]["REWARD_SERVICE_QUEUE_KEYS_FILE"] == key_file, name
+    # The image makes the mount point the service user's (an empty volume copies its owner).
+    assert KEY_DIRECTORY in (ROOT / "deploy" / "Dockerfile").read_text()
+    # The one-shot's command, run here: a key file of mode 0600, kept on the next run.
+    module = keys["entrypoint"][keys["entrypoint"].index("-m") + 1]
+    target = tmp_path / "queue-keys"
+    for _ in range(2):
+        subprocess.run(
+            [sys.executable, "-m", module, "keygen", str(target)], check=True, timeout=60, cwd=ROOT
+        )
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert len(Keyring.from_file(target).names) == 1
 
 
 def test_only_code_sandboxes_get_relaxed_security(services: dict[str, dict[str, Any]]) -> None:

@@ -13,12 +13,23 @@ import orjson
 import pytest
 
 from bench.redis_server import RedisServer
-from reward_service.queue.streams import GROUP, JobMessage, Keys, idempotency_key
-from tests.conftest import ServerThread, running_server
+from reward_service.queue.security import Keyring
+from reward_service.queue.streams import (
+    GROUP,
+    JobMessage,
+    Keys,
+    decode_stored,
+    encode_stored,
+    idempotency_key,
+)
+from tests.conftest import ServerThread
 from tests.distributed import (
+    QUEUE_KEYS,
     WorkerProcess,
+    distributed_server,
     free_port,
     needs_redis,
+    scrape,
     wait_for,
     wait_for_workers,
 )
@@ -26,6 +37,7 @@ from trainer.client import RewardClient
 
 pytestmark = needs_redis
 KEYS = Keys("reward")
+KEYRING = Keyring.from_env(QUEUE_KEYS)
 
 
 @pytest.fixture
@@ -78,10 +90,7 @@ def math_request(response: str, ground_truth: str) -> dict[str, object]:
 
 
 def metric(server: ServerThread, line_prefix: str) -> float:
-    text = httpx.get(f"{server.http_url}/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix)
-    )
+    return scrape(f"{server.http_url}/metrics", line_prefix)
 
 
 def test_mixed_domains_score_through_redis(
@@ -89,7 +98,7 @@ def test_mixed_domains_score_through_redis(
 ) -> None:
     start_worker(workers, redis_server, "math,test_echo", tmp_path, concurrency=2)
     wait_for_workers(redis_server.client(), "math", 1)
-    with running_server(redis_url=redis_server.url) as server:
+    with distributed_server(redis_server.url) as server:
         wait_for(lambda: httpx.get(f"{server.http_url}/readyz").status_code == 200, 10, "ready")
         with RewardClient(server.grpc_target) as client:
             results = client.score_batch(
@@ -129,7 +138,7 @@ def test_worker_killed_mid_batch_every_request_answered_once(
     client_redis = redis_server.client()
     wait_for_workers(client_redis, "test_echo", 2)
     with (
-        running_server(redis_url=redis_server.url) as server,
+        distributed_server(redis_server.url) as server,
         RewardClient(server.grpc_target, timeout_s=120) as client,
     ):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -165,7 +174,7 @@ def test_redis_restart_mid_run_answers_everything(
     start_worker(workers, redis_server, "test_echo", tmp_path, concurrency=2)
     wait_for_workers(redis_server.client(), "test_echo", 1)
     with (
-        running_server(redis_url=redis_server.url) as server,
+        distributed_server(redis_server.url) as server,
         RewardClient(server.grpc_target, timeout_s=60, retries=0) as client,
     ):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -207,7 +216,7 @@ def test_code_workers_gone_code_errors_at_deadline_math_flows(
         "reference": {"tests": [{"input": "2\n", "output": "4\n"}]},
     }
     with (
-        running_server(redis_url=redis_server.url, kill_grace_s=0.2) as server,
+        distributed_server(redis_server.url, kill_grace_s=0.2) as server,
         RewardClient(server.grpc_target, retries=0) as client,
     ):
         assert client.score_batch([code_request], timeout_s=30)[0].reward == 1.0
@@ -229,12 +238,13 @@ def test_code_workers_gone_code_errors_at_deadline_math_flows(
         assert len(math_latencies) >= 5 and max(math_latencies) < 1.0
 
 
-def test_duplicate_and_forged_replies_are_dropped(redis_server: RedisServer) -> None:
-    """Acting as a worker by hand: a job answered twice, and a result for a request that does
-    not exist, reach the gateway; the client sees exactly one result."""
+def test_duplicate_and_stray_replies_are_dropped(redis_server: RedisServer) -> None:
+    """Acting as a worker by hand (with the queue key): a job answered twice, a result for a
+    request that does not exist, and an unreadable entry reach the gateway; the client sees
+    exactly one result."""
     redis = redis_server.client()
     with (
-        running_server(redis_url=redis_server.url) as server,
+        distributed_server(redis_server.url) as server,
         RewardClient(server.grpc_target, retries=0) as client,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
@@ -244,19 +254,28 @@ def test_duplicate_and_forged_replies_are_dropped(redis_server: RedisServer) -> 
         stream = KEYS.jobs("test_echo")
         wait_for(lambda: redis.xlen(stream) == 1, 10, "the job in its stream")
         [[_, [(_, fields)]]] = redis.xreadgroup(GROUP, "by-hand", {stream: ">"}, count=1)
+        assert KEYRING.verify_job(fields[b"j"], fields[b"s"])
         job = JobMessage.decode(fields[b"j"])
         assert (job.id, job.response, job.reference) == ("req", "x", {"reward": 0.5})
-        good = orjson.dumps({"reward": 0.75, "status": "ok", "detail": None, "metrics": {}})
-        forged = orjson.dumps({"reward": 1.0, "status": "ok", "detail": None, "metrics": {}})
-        redis.xadd(job.replies, {"t": "no-such-token", "v": forged})
-        redis.xadd(job.replies, {"t": job.token, "v": good})
-        redis.xadd(job.replies, {"t": job.token, "v": forged})  # a duplicate, late
-        redis.xadd(job.replies, {"t": job.token})  # unreadable
+
+        def reply(token: str, reward: float) -> dict[str, bytes | str]:
+            value = orjson.dumps({"reward": reward, "status": "ok", "detail": None, "metrics": {}})
+            signature = KEYRING.sign_result(job.replies, token, job.key, value)
+            return {"t": token, "v": value, "s": signature}
+
+        redis.xadd(job.replies, reply("no-such-token", 1.0))
+        redis.xadd(job.replies, reply(job.token, 0.75))
+        redis.xadd(job.replies, reply(job.token, 1.0))  # a duplicate, late
+        redis.xadd(job.replies, {"t": job.token})  # unreadable (answered already, too)
+        redis.xadd(job.replies, {"v": b"{}"})  # unreadable: no token
         result = future.result(timeout=20)
         assert (result.id, result.reward) == ("req", 0.75)
         wait_for(
-            lambda: metric(server, "reward_service_dropped_results_total") == 3, 5, "3 dropped"
+            lambda: metric(server, "reward_service_dropped_results_total") == 4, 5, "4 dropped"
         )
+        dropped = 'reward_service_dropped_results_total{reason="%s"}'
+        assert metric(server, dropped % "not_waited_for") == 3
+        assert metric(server, dropped % "unreadable") == 1
 
 
 def test_late_result_of_a_reclaimed_job_is_dropped(
@@ -270,7 +289,7 @@ def test_late_result_of_a_reclaimed_job_is_dropped(
 
     redis: Redis = redis_server.client()
     with (
-        running_server(redis_url=redis_server.url) as server,
+        distributed_server(redis_server.url) as server,
         RewardClient(server.grpc_target, retries=0) as client,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
@@ -285,10 +304,16 @@ def test_late_result_of_a_reclaimed_job_is_dropped(
         complete = redis.register_script(COMPLETE_SCRIPT)
         outcome = complete(
             keys=[stream, KEYS.done(job.key), job.replies, KEYS.dead("test_echo")],
-            args=[GROUP, entry_id, late, job.token, 1, 60000, 60000, "", "", 100],
-        )
+            args=[
+                GROUP, entry_id, late, job.token, 1, 60000, 60000, "", "", 100,
+                KEYRING.sign_result(job.replies, job.token, job.key, late),
+                encode_stored(KEYRING.sign_stored(job.key, late), late),
+            ],
+        )  # fmt: skip
         assert outcome == 0  # refused: nothing posted, nothing stored
-        assert orjson.loads(redis.get(KEYS.done(job.key)))["reward"] == 0.25
+        signature, stored = decode_stored(redis.get(KEYS.done(job.key)))
+        assert KEYRING.verify_stored(job.key, stored, signature)
+        assert orjson.loads(stored)["reward"] == 0.25
         time.sleep(0.3)
         assert metric(server, "reward_service_dropped_results_total") == 0
 
@@ -306,7 +331,7 @@ def test_retried_request_is_not_run_twice(
         "reference": {"reward": 0.5, "seconds": 0.5},
     }
     with (
-        running_server(redis_url=redis_server.url) as server,
+        distributed_server(redis_server.url) as server,
         RewardClient(server.grpc_target) as client,
     ):
         first = client.score_batch([request])[0]
@@ -326,7 +351,7 @@ def test_job_delivered_too_often_is_dead_lettered(
     redis = redis_server.client()
     stream = KEYS.jobs("test_echo")
     with (
-        running_server(redis_url=redis_server.url) as server,
+        distributed_server(redis_server.url) as server,
         RewardClient(server.grpc_target, retries=0) as client,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
@@ -357,7 +382,7 @@ def test_job_delivered_too_often_is_dead_lettered(
 def test_long_streams_push_back(redis_server: RedisServer) -> None:
     """No worker at all and a stream limit of 5: the sixth request is refused at once."""
     with (
-        running_server(redis_url=redis_server.url, max_stream_length=5) as server,
+        distributed_server(redis_server.url, max_stream_length=5) as server,
         RewardClient(server.grpc_target, retries=0) as client,
     ):
         started = time.monotonic()
@@ -377,7 +402,7 @@ def test_sigterm_drains_held_jobs(
     patient = start_worker(workers, redis_server, "test_echo", tmp_path, concurrency=2)
     wait_for_workers(client_redis, "test_echo", 1)
     with (
-        running_server(redis_url=redis_server.url) as server,
+        distributed_server(redis_server.url) as server,
         RewardClient(server.grpc_target, retries=0) as client,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
@@ -403,7 +428,7 @@ def test_sigterm_drains_held_jobs(
 
 
 def test_readiness_follows_redis(redis_server: RedisServer) -> None:
-    with running_server(redis_url=redis_server.url) as server:
+    with distributed_server(redis_server.url) as server:
         ready = f"{server.http_url}/readyz"
         wait_for(lambda: httpx.get(ready).status_code == 200, 10, "ready")
         redis_server.stop()

@@ -9,6 +9,11 @@ Delivery is at least once; results are made exactly-once by :data:`streams.COMPL
   and expensive ones (code) stay in the stream for other workers to take.
 - A job whose deadline passed is answered ``error`` without being run. (A retried request whose
   result is already stored never gets here: the gateway's publish script answers it.)
+- With queue keys (:mod:`reward_service.queue.security`), a job runs only if its signature
+  verifies; any other is dead-lettered (reason ``forged``) and counted, and not answered: an
+  answer would be a signed result for a token the forger chose. Each result goes back signed,
+  bound to its job (replies stream, token, idempotency key), and the stored copy that answers
+  retries is signed over the idempotency key.
 - Claims are leases: the worker renews those it holds every third of ``visibility_timeout_s``;
   a worker that dies stops renewing, and after the visibility timeout another worker reclaims
   its jobs (XAUTOCLAIM). A job delivered more than ``max_deliveries`` times is dead-lettered and
@@ -40,7 +45,8 @@ from redis.exceptions import RedisError, ResponseError
 from reward_service.gateway.scoring import Scorer, ScoreRequest, ScoreResult
 from reward_service.metrics import QueueMetrics
 from reward_service.queue import streams
-from reward_service.queue.streams import JobMessage, Keys
+from reward_service.queue.security import Keyring, Throttled
+from reward_service.queue.streams import JobMessage, Keys, RedisOptions
 from reward_service.verifiers.base import Status
 from reward_service.workers.pool import WorkerPool
 
@@ -60,7 +66,7 @@ class _Held:
 
     domain: str
     entry_id: bytes
-    message: JobMessage | None  # None: undecodable, dead-lettered
+    message: JobMessage | None  # None: undecodable or forged, dead-lettered
     raw: bytes = b""
 
 
@@ -78,7 +84,8 @@ class StreamConsumer:
     def __init__(
         self,
         *,
-        redis_url: str,
+        redis: RedisOptions,
+        keyring: Keyring | None,
         prefix: str,
         domains: Sequence[str],
         scorer: Scorer,
@@ -89,7 +96,8 @@ class StreamConsumer:
         metrics: QueueMetrics,
         name: str | None = None,
     ) -> None:
-        self.redis_url = redis_url
+        self.redis_options = redis
+        self.keyring = keyring
         self.keys = Keys(prefix)
         self.domains = list(domains)
         self.scorer = scorer
@@ -111,11 +119,16 @@ class StreamConsumer:
         self._redis_ok = False
         self._readers: list[asyncio.Task[None]] = []
         self._background: list[asyncio.Task[None]] = []
+        self._forged_log = Throttled(log)
 
     # ----------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self.redis = streams.connect(self.redis_url)
+        """Connect and start taking jobs. A Redis that is not reachable yet is not an error
+        (the readers retry); one that refuses these credentials or whose certificate does not
+        verify is: RuntimeError."""
+        self.redis = streams.connect(self.redis_options)
+        await streams.first_contact(self.redis.ping(), self.redis_options)
         self._accepting = True
         for domain in self.domains:
             self._room[domain].set()
@@ -206,9 +219,11 @@ class StreamConsumer:
                 self._redis_ok = True
                 failures = 0
             except ResponseError as exc:
-                if not streams.is_nogroup(exc):
-                    raise
-                await self._recreate_group(stream)
+                if streams.is_nogroup(exc):
+                    await self._recreate_group(stream)
+                    continue
+                failures += 1  # e.g. NOPERM (an ACL too narrow): logged, retried
+                await self._backoff(f"read {stream}", exc, failures)
                 continue
             except (RedisError, OSError) as exc:
                 failures += 1
@@ -246,6 +261,27 @@ class StreamConsumer:
 
     def _decode(self, domain: str, entry_id: bytes, fields: dict[bytes, bytes]) -> _Held:
         raw = fields.get(streams.JOB_FIELD, b"")
+        if self.keyring is not None and not self.keyring.verify_job(
+            raw, fields.get(streams.SIGNATURE_FIELD)
+        ):
+            held = _Held(domain, entry_id, None, raw)
+            self._forged_log.warning(
+                "dead-lettering job %s of %s: bad, missing or unknown-key signature (forged, or "
+                "do the gateways and this worker not share queue keys?)",
+                entry_id,
+                domain,
+            )
+            self.metrics.rejected_jobs.labels(domain, "forged").inc()
+            self.metrics.dead_lettered.labels(domain, "forged").inc()
+            self._queue_completion(
+                _Completion(
+                    held,
+                    b"",
+                    store=False,
+                    dead_letter_reason="forged: bad, missing or unknown-key signature",
+                )
+            )
+            return held
         try:
             message = JobMessage.decode(raw)
             if message.domain != domain:
@@ -349,6 +385,16 @@ class StreamConsumer:
     def _add_completion(self, pipe: Any, completion: _Completion) -> None:
         held = completion.held
         message = held.message
+        signature, stored = b"", completion.result
+        if message is not None and self.keyring is not None:
+            result = completion.result
+            signature = self.keyring.sign_result(
+                message.replies, message.token, message.key, result
+            )
+            if completion.store:
+                stored = streams.encode_stored(
+                    self.keyring.sign_stored(message.key, result), result
+                )
         streams.COMPLETE.queue(
             pipe,
             [
@@ -368,6 +414,8 @@ class StreamConsumer:
                 held.raw if completion.dead_letter_reason else "",
                 completion.dead_letter_reason,
                 streams.DEAD_LETTER_MAXLEN,
+                signature,
+                stored,
             ],
         )
 
@@ -450,6 +498,8 @@ class StreamConsumer:
     async def _heartbeat_loop(self) -> None:
         assert self.redis is not None
         while True:
+            if self.keyring is not None:
+                self.keyring.refresh()
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 now = time.time()

@@ -10,8 +10,15 @@ answer has time to come back):
   retried request from its stored result instead of publishing it again). While Redis is
   unreachable they wait there and go out when it is back; a job whose deadline passes first
   is answered ``error``, like any job that no worker answered in time.
-- A result whose token is no longer waited for (answered already: late, duplicate, or forged)
-  is dropped and counted.
+- Tokens are random (64 bits), one per job. A result whose token is no longer waited for
+  (answered already: late, duplicate, or replayed) is dropped and counted ``not_waited_for``.
+- With queue keys (:mod:`reward_service.queue.security`) each job goes out signed, and a
+  result counts only if its signature verifies: one computed for this job (bound to this
+  gateway's replies stream, the token and the request's idempotency key), or one stored for an
+  identical request (bound to the same idempotency key: same id and content). Anything else is
+  dropped and counted ``forged``, and the request keeps waiting for a genuine result (or its
+  deadline: then its ``error`` says that forged results came). A stored result that does not
+  verify (its key was revoked since) is not an answer: the job is published again to be run.
 - If Redis loses its data (a restart without persistence: the epoch key vanished), every job
   still waited for is published again; workers' idempotency keys make that safe.
 - Backpressure: a domain whose stream holds ``max_stream_length`` jobs, or a gateway already
@@ -22,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import secrets
 import time
 import uuid
 from collections import deque
@@ -35,7 +42,8 @@ from redis.exceptions import RedisError
 
 from reward_service.metrics import QueueMetrics
 from reward_service.queue import streams
-from reward_service.queue.streams import JobMessage, Keys
+from reward_service.queue.security import Keyring, Throttled
+from reward_service.queue.streams import JobMessage, Keys, RedisOptions
 from reward_service.verifiers.base import Status, Verdict
 from reward_service.workers.pool import Job
 
@@ -60,9 +68,12 @@ class _Pending:
 
     job: Job
     stream: str
-    done_key: str
+    key: str  # the idempotency key
     message: bytes
+    signature: bytes  # of message; b"" when unsigned
     published: bool = False
+    reuse: bool = True  # may be answered from a stored result (see PUBLISH_SCRIPT)
+    forged: int = 0  # results for it dropped as forged
 
 
 class RedisDispatcher:
@@ -71,14 +82,16 @@ class RedisDispatcher:
     def __init__(
         self,
         *,
-        redis_url: str,
+        redis: RedisOptions,
+        keyring: Keyring | None,
         prefix: str,
         domains: Sequence[str],
         max_queued: int,
         max_stream_length: int,
         metrics: QueueMetrics,
     ) -> None:
-        self.redis_url = redis_url
+        self.redis_options = redis
+        self.keyring = keyring
         self.keys = Keys(prefix)
         self.domains = list(domains)
         self.max_queued = max_queued
@@ -90,7 +103,7 @@ class RedisDispatcher:
         self.redis: Redis | None = None
         self._pending: dict[str, _Pending] = {}
         self._outbox: deque[str] = deque()
-        self._tokens = itertools.count()
+        self._forged_log = Throttled(log)
         self._backlog = dict.fromkeys(self.domains, 0)
         self._live_workers = dict.fromkeys(self.domains, 0)
         self._last_reply_id: bytes | str = "0-0"
@@ -104,16 +117,13 @@ class RedisDispatcher:
 
     async def start(self) -> None:
         """Connect and start the publisher, reader and monitor. A Redis that is not reachable
-        yet is not an error: the gateway reports not ready until it is."""
+        yet is not an error: the gateway reports not ready until it is. One that refuses these
+        credentials, this user's commands or whose certificate does not verify is: RuntimeError.
+        """
         self.loop = asyncio.get_running_loop()
-        self.redis = streams.connect(self.redis_url)
+        self.redis = streams.connect(self.redis_options)
         self.running = True
-        try:
-            await self._check_epoch()
-        except (RedisError, OSError) as exc:
-            log.warning(
-                "Redis at %s is not reachable yet: %s", streams.redacted(self.redis_url), exc
-            )
+        await streams.first_contact(self._check_epoch(), self.redis_options)
         for name, loop in (
             ("publisher", self._publish_loop),
             ("reader", self._read_loop),
@@ -164,7 +174,9 @@ class RedisDispatcher:
             )
             return
         request = job.request
-        token = format(next(self._tokens), "x")
+        token = secrets.token_hex(8)
+        while token in self._pending:  # 1 in 2**64: but never two requests on one token
+            token = secrets.token_hex(8)
         remaining = job.deadline - time.monotonic()
         margin = min(DEADLINE_MARGIN_S, DEADLINE_MARGIN_FRACTION * remaining)
         key = streams.idempotency_key(
@@ -181,7 +193,9 @@ class RedisDispatcher:
             reference=dict(request.reference),
             options=dict(request.options or {}),
         )
-        self._pending[token] = _Pending(job, stream, self.keys.done(key), message.encode())
+        payload = message.encode()
+        signature = self.keyring.sign_job(payload) if self.keyring is not None else b""
+        self._pending[token] = _Pending(job, stream, key, payload, signature)
         self._backlog[job.domain] += 1
         job.expiry = self.loop.call_at(job.deadline, self._expire, token)
         self._outbox.append(token)
@@ -203,6 +217,11 @@ class RedisDispatcher:
             why = f"no worker for domain {domain!r} is running"
         else:
             why = f"workers of domain {domain!r} did not answer in time (overloaded?)"
+        if entry.forged:
+            why += (
+                f"; {entry.forged} result(s) for it were dropped: bad, missing or unknown-key "
+                "signature (do the gateway and its workers share queue keys?)"
+            )
         entry.job.resolve(Verdict(0.0, Status.ERROR, f"deadline passed: {why}"))
 
     # ----------------------------------------------------------------------------- loops
@@ -226,8 +245,14 @@ class RedisDispatcher:
                     domains.append(entry.job.domain)
                     streams.PUBLISH.queue(
                         pipe,
-                        [entry.stream, entry.done_key, self.replies],
-                        [entry.message, token, streams.REPLIES_TTL_MS],
+                        [entry.stream, self.keys.done(entry.key), self.replies],
+                        [
+                            entry.message,
+                            token,
+                            streams.REPLIES_TTL_MS,
+                            entry.signature,
+                            1 if entry.reuse else 0,
+                        ],
                     )
             if not tokens:
                 continue
@@ -245,7 +270,13 @@ class RedisDispatcher:
                 if outcome == 0:  # an identical request was answered: its result is posted
                     self.metrics.reused_results.labels(domain).inc()
                 entry = self._pending.get(token)  # None if that result is in already
-                if entry is not None:
+                if entry is None:
+                    continue
+                if outcome == 0 and not entry.reuse:
+                    # The stored result was posted, read and found unverifiable before this
+                    # outcome came back (see _drop_forged): publish the job to be run.
+                    self._outbox.append(token)
+                else:
                     entry.published = True
             if retry:
                 self._outbox.extendleft(reversed(retry))
@@ -289,22 +320,75 @@ class RedisDispatcher:
     def _on_reply(self, fields: dict[bytes, bytes]) -> None:
         try:
             token = fields[streams.TOKEN_FIELD].decode()
-            reward, status, detail, metrics = streams.decode_result(fields[streams.VALUE_FIELD])
-            verdict = Verdict(reward, Status(status), detail, metrics)
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError):
-            self.metrics.dropped_results.labels("unreadable").inc()
-            log.warning("dropped an unreadable entry of %s: %r", self.replies, fields)
+        except (KeyError, UnicodeDecodeError):
+            self._drop_unreadable(fields)
             return
-        entry = self._pending.pop(token, None)
+        entry = self._pending.get(token)
         if entry is None:
-            self.metrics.dropped_results.labels("late_or_duplicate").inc()
+            self.metrics.dropped_results.labels("not_waited_for").inc()
             return
+        value = self._accepted_value(token, entry, fields)
+        if value is None:
+            self._drop_forged(token, entry, fields)
+            return
+        try:
+            reward, status, detail, metrics = streams.decode_result(value)
+            verdict = Verdict(reward, Status(status), detail, metrics)
+        except (KeyError, ValueError, TypeError):
+            self._drop_unreadable(fields)
+            return
+        del self._pending[token]
         self._answer(entry, verdict)
+
+    def _accepted_value(
+        self, token: str, entry: _Pending, fields: dict[bytes, bytes]
+    ) -> bytes | None:
+        """The result that ``fields`` answer ``entry`` with: the stored one (an identical
+        request's, which wins so that retries agree) if it verifies, else the one just computed
+        if it verifies; None if neither does. Unsigned mode takes them as they come."""
+        stored = fields.get(streams.STORED_FIELD)
+        if stored is not None:
+            signature, value = streams.decode_stored(stored)
+            if self.keyring is None or self.keyring.verify_stored(entry.key, value, signature):
+                return value
+        value = fields.get(streams.VALUE_FIELD)
+        if value is None:
+            return None
+        if self.keyring is None or self.keyring.verify_result(
+            self.replies, token, entry.key, value, fields.get(streams.SIGNATURE_FIELD)
+        ):
+            return value
+        return None
+
+    def _drop_forged(self, token: str, entry: _Pending, fields: dict[bytes, bytes]) -> None:
+        self.metrics.dropped_results.labels("forged").inc()
+        entry.forged += 1
+        if streams.VALUE_FIELD not in fields and entry.reuse:
+            # A stored result alone, and it does not verify (its key was revoked, or it was
+            # written by someone without a key): run the job instead.
+            entry.reuse = False
+            if entry.published:
+                entry.published = False
+                self._outbox.append(token)
+                self._wake.set()
+        self._forged_log.warning(
+            "dropped a result for request %r (%s) in %s: bad, missing or unknown-key "
+            "signature (do the gateway and its workers share queue keys?)",
+            entry.job.request.id,
+            entry.job.domain,
+            self.replies,
+        )
+
+    def _drop_unreadable(self, fields: dict[bytes, bytes]) -> None:
+        self.metrics.dropped_results.labels("unreadable").inc()
+        log.warning("dropped an unreadable entry of %s: %.200r", self.replies, fields)
 
     async def _monitor_loop(self) -> None:
         """Poll the epoch (data loss), stream lengths and heartbeats; keep metrics current."""
         assert self.redis is not None
         while True:
+            if self.keyring is not None:
+                self.keyring.refresh()
             try:
                 await self._check_epoch()
                 await self._poll_streams()
@@ -312,7 +396,11 @@ class RedisDispatcher:
                 self.metrics.redis_up.set(1)
             except (RedisError, OSError) as exc:
                 if self._redis_ok:
-                    log.warning("lost Redis at %s: %s", streams.redacted(self.redis_url), exc)
+                    log.warning(
+                        "lost Redis at %s: %s",
+                        self.redis_options.redacted(),
+                        streams.describe(exc, self.redis_options),
+                    )
                 self._redis_ok = False
                 self.metrics.redis_up.set(0)
             await asyncio.sleep(MONITOR_INTERVAL_S)

@@ -24,7 +24,8 @@ from reward_service.gateway.scoring import Scorer
 from reward_service.gateway.server import build_pool, served_verifiers
 from reward_service.metrics import QueueMetrics, ServiceMetrics
 from reward_service.queue.consumer import StreamConsumer
-from reward_service.queue.streams import redacted
+from reward_service.queue.security import load_keyring
+from reward_service.queue.streams import RedisOptions
 from reward_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,16 @@ class WorkerNode:
         if not settings.redis_url:
             raise ValueError("a worker needs --redis-url (REWARD_SERVICE_REDIS_URL)")
         self.settings = settings
+        self.redis_options = RedisOptions.from_settings(settings)
+        keyring = load_keyring(settings)  # before anything starts: no keys, no worker
         self.metrics = ServiceMetrics()
         self.queue_metrics = QueueMetrics(self.metrics.registry)
         self.verifiers = served_verifiers(settings)
         self.pool = build_pool(settings, self.verifiers, self.metrics)
         self.scorer = Scorer(settings, self.pool, self.verifiers, self.metrics)
         self.consumer = StreamConsumer(
-            redis_url=settings.redis_url,
+            redis=self.redis_options,
+            keyring=keyring,
             prefix=settings.redis_prefix,
             domains=list(self.verifiers),
             scorer=self.scorer,
@@ -77,7 +81,7 @@ class WorkerNode:
             self.consumer.name,
             self.settings.workers,
             ", ".join(self.verifiers),
-            redacted(self.settings.redis_url),
+            self.redis_options.redacted(),
             self.settings.host,
             self.metrics_port,
         )
