@@ -134,19 +134,25 @@ class Settings(BaseSettings):
         json_schema_extra=ENV_ONLY,
     )
     redis_tls_ca_file: Path | None = Field(
-        None, description="CA bundle (PEM) that the Redis server's certificate must chain to."
+        None,
+        description="CA bundle (PEM) that the Redis server's certificate must chain to "
+        "(default: the system's); needs a rediss:// URL.",
     )
     redis_tls_cert_file: Path | None = Field(
-        None, description="Client certificate (PEM) for Redis servers that require one."
+        None,
+        description="Client certificate (PEM) for Redis servers that require one "
+        "(tls-auth-clients); needs a rediss:// URL.",
     )
     redis_tls_key_file: Path | None = Field(
         None, description="Private key (PEM) of redis_tls_cert_file."
     )
     queue_keys_file: Path | None = Field(
         None,
-        description="File of NAME=SECRET lines: HMAC keys that sign jobs (gateways) and "
-        "results (workers) on Redis. The first line's key signs; every listed key verifies, "
-        "so a key is rotated by adding the new one first and revoked by deleting its line. "
+        description="File of NAME=SECRET lines (# comments allowed; secrets of 16 bytes or "
+        "more, e.g. `openssl rand -hex 32`): HMAC keys that sign jobs (gateways) and results "
+        "(workers) on Redis. The first line's key signs; every listed key verifies. Read again "
+        "when it changes: rotate by adding the new key last everywhere, then moving it first, "
+        "then deleting the old line; delete a line to revoke its key (docs/security.md). "
         "Required in distributed mode unless allow_unsigned_queue is set.",
     )
     queue_keys: SecretStr | None = Field(
