@@ -1,15 +1,23 @@
 """The Helm chart in helm/: lint, render with several value sets, schema-check every manifest,
 and check the properties the deployment relies on (sandbox security, egress lockdown,
-autoscaling on the right streams, disruption budgets, value validation).
+autoscaling on the right streams, disruption budgets, value validation, and access control:
+generated credentials, TLS, signed queue jobs, a password on Redis, no secret on a command line).
 
 Needs a real `helm` (``bash deploy/k8s-tools.sh`` puts one in .venv/bin); no cluster.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
+
+from reward_service.gateway.auth import ClientRegistry
+from reward_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm"
@@ -42,124 +54,162 @@ pytestmark = pytest.mark.skipif(
 
 # Kinds outside the Kubernetes schemas (CRDs): checked against these minimal schemas of the
 # fields the chart relies on, instead of kubernetes_validate.
-_META = {
-    "type": "object",
-    "required": ["name"],
-    "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}},
-}
+
+
+def obj(properties: dict[str, Any], *required: str, closed: bool = True) -> dict[str, Any]:
+    """The JSON schema of an object with these properties (``closed``: and no others)."""
+    schema: dict[str, Any] = {"type": "object", "required": list(required)}
+    if closed:
+        schema["additionalProperties"] = False
+    return {**schema, "properties": properties}
+
+
+def crd(spec: dict[str, Any]) -> dict[str, Any]:
+    return obj({"metadata": _META, "spec": spec}, "metadata", "spec", closed=False)
+
+
+_META = obj(
+    {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}}, "name", closed=False
+)
+_STRING = {"type": "string"}
+_SECRET_KEY = obj(
+    {"name": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}},
+    "name",
+    "key",
+)
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("keda.sh/v1alpha1", "ScaledObject"): {
-        "type": "object",
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "required": ["scaleTargetRef", "triggers", "minReplicaCount", "maxReplicaCount"],
-                "additionalProperties": False,
-                "properties": {
-                    "scaleTargetRef": {
-                        "type": "object",
-                        "required": ["name"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "apiVersion": {"const": "apps/v1"},
-                            "kind": {"const": "Deployment"},
-                            "name": {"type": "string"},
-                        },
+    ("keda.sh/v1alpha1", "ScaledObject"): crd(
+        obj(
+            {
+                "scaleTargetRef": obj(
+                    {
+                        "apiVersion": {"const": "apps/v1"},
+                        "kind": {"const": "Deployment"},
+                        "name": _STRING,
                     },
-                    "minReplicaCount": {"type": "integer", "minimum": 0},
-                    "maxReplicaCount": {"type": "integer", "minimum": 1},
-                    "pollingInterval": {"type": "integer"},
-                    "cooldownPeriod": {"type": "integer"},
-                    "advanced": {"type": "object"},
-                    "triggers": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["type", "metadata"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "type": {"const": "redis-streams"},
-                                "name": {"type": "string"},
-                                "authenticationRef": {
-                                    "type": "object",
-                                    "required": ["name"],
-                                    "properties": {"name": {"type": "string"}},
-                                },
-                                # KEDA reads every metadata value as a string.
-                                "metadata": {
-                                    "type": "object",
-                                    "required": ["stream"],
-                                    "additionalProperties": {"type": "string"},
-                                },
+                    "name",
+                ),
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "pollingInterval": {"type": "integer"},
+                "cooldownPeriod": {"type": "integer"},
+                "advanced": {"type": "object"},
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
+                        {
+                            "type": {"const": "redis-streams"},
+                            "name": _STRING,
+                            "authenticationRef": obj({"name": _STRING}, "name", closed=False),
+                            # KEDA reads every metadata value as a string.
+                            "metadata": {
+                                "type": "object",
+                                "required": ["stream"],
+                                "additionalProperties": _STRING,
                             },
                         },
-                    },
+                        "type",
+                        "metadata",
+                    ),
                 },
             },
-        },
-    },
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): {
-        "type": "object",
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "required": ["secretTargetRef"],
-                "properties": {
-                    "secretTargetRef": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["parameter", "name", "key"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "parameter": {"enum": ["address", "password", "username"]},
-                                "name": {"type": "string", "minLength": 1},
-                                "key": {"type": "string", "minLength": 1},
+            "scaleTargetRef",
+            "triggers",
+            "minReplicaCount",
+            "maxReplicaCount",
+        )
+    ),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): crd(
+        obj(
+            {
+                "secretTargetRef": {
+                    "type": "array",
+                    "items": obj(
+                        {
+                            # redis-streams' parameters; tls/ca/cert/key are KEDA >= 2.10's TLS.
+                            "parameter": {
+                                "enum": [
+                                    "address",
+                                    "password",
+                                    "username",
+                                    "tls",
+                                    "ca",
+                                    "cert",
+                                    "key",
+                                ]
                             },
+                            "name": {"type": "string", "minLength": 1},
+                            "key": {"type": "string", "minLength": 1},
                         },
-                    }
+                        "parameter",
+                        "name",
+                        "key",
+                    ),
+                }
+            },
+            "secretTargetRef",
+            closed=False,
+        )
+    ),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): crd(
+        obj(
+            {
+                "selector": obj({"matchLabels": {"type": "object"}}, "matchLabels", closed=False),
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
+                        {
+                            "port": _STRING,
+                            "path": _STRING,
+                            "interval": _STRING,
+                            "scrapeTimeout": _STRING,
+                            "scheme": {"enum": ["http", "https"]},
+                            "tlsConfig": obj(
+                                {
+                                    "ca": obj({"secret": _SECRET_KEY, "configMap": _SECRET_KEY}),
+                                    "serverName": _STRING,
+                                    "insecureSkipVerify": {"type": "boolean"},
+                                }
+                            ),
+                            "authorization": obj(
+                                {"type": {"const": "Bearer"}, "credentials": _SECRET_KEY},
+                                "type",
+                                "credentials",
+                            ),
+                        },
+                        "port",
+                    ),
                 },
             },
-        },
-    },
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
-        "type": "object",
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "required": ["selector", "endpoints"],
-                "properties": {
-                    "selector": {
-                        "type": "object",
-                        "required": ["matchLabels"],
-                        "properties": {"matchLabels": {"type": "object"}},
+            "selector",
+            "endpoints",
+            closed=False,
+        )
+    ),
+    ("cert-manager.io/v1", "Certificate"): crd(
+        obj(
+            {
+                "secretName": {"type": "string", "minLength": 1},
+                "dnsNames": {"type": "array", "minItems": 1, "items": _STRING},
+                "issuerRef": obj(
+                    {
+                        "name": {"type": "string", "minLength": 1},
+                        "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                        "group": _STRING,
                     },
-                    "endpoints": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["port"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "port": {"type": "string"},
-                                "path": {"type": "string"},
-                                "interval": {"type": "string"},
-                                "scrapeTimeout": {"type": "string"},
-                            },
-                        },
-                    },
-                },
+                    "name",
+                ),
+                "duration": _STRING,
+                "renewBefore": _STRING,
+                "privateKey": {"type": "object"},
             },
-        },
-    },
+            "secretName",
+            "issuerRef",
+            "dnsNames",
+        )
+    ),
 }
 
 EXTERNAL_URL = "rediss://default:s3cret@redis.example.com:6380/2"
@@ -199,6 +249,63 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "autoscaling": {"mode": "keda"},
     },
     "no-user-namespace": {"sandbox": {"userNamespace": False}},
+    # Every credential from a Secret of the user's instead of a generated one.
+    "existing-secrets": {
+        "auth": {
+            "existingSecret": "api-clients",
+            "existingSecretKey": "clients",
+            "openMetrics": False,
+        },
+        "tls": {"existingSecret": "gateway-cert", "clientCA": {"secretName": "trainer-ca"}},
+        "queue": {"existingSecret": "queue-keys", "existingSecretKey": "keys"},
+        "redis": {"bundled": {"auth": {"existingSecret": "redis-pass", "existingSecretKey": "pw"}}},
+        "metrics": {
+            "serviceMonitor": {
+                "enabled": True,
+                "bearerTokenSecret": {"name": "prometheus-token", "key": "token"},
+            }
+        },
+        "autoscaling": {"mode": "keda"},
+    },
+    # Health and metrics behind the token too, per-client default limits.
+    "protected": {
+        "auth": {
+            "openHealth": False,
+            "openMetrics": False,
+            "clientLimits": {"rate": 200.5, "burst": 400, "maxInFlight": 64},
+        },
+        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusAnnotations": True},
+    },
+    "cert-manager": {
+        "tls": {
+            "certManager": {
+                "issuerRef": {"name": "internal-ca", "kind": "ClusterIssuer"},
+                "duration": "2160h",
+            },
+            "extraDnsNames": ["rewards.example.com"],
+        }
+    },
+    # An external Redis over TLS with a private CA and a client certificate, the password and
+    # user apart from the URL.
+    "external-redis-tls": {
+        "redis": {
+            "bundled": {"enabled": False},
+            "external": {
+                "url": "rediss://redis.example.com:6380/0",
+                "passwordSecret": {"name": "redis-pass", "key": "password"},
+                "username": "reward",
+                "tlsCASecret": {"name": "redis-ca", "key": "ca.crt"},
+                "tlsClientSecret": "redis-client",
+            },
+        },
+        "autoscaling": {"mode": "keda"},
+    },
+    # Everything off, each explicitly.
+    "insecure": {
+        "auth": {"enabled": False, "allowUnauthenticated": True},
+        "tls": {"enabled": False},
+        "queue": {"allowUnsigned": True},
+    },
     "everything-else": {
         "redis": {"bundled": {"persistence": {"enabled": True}, "maxmemory": "2gb"}},
         "judge": {
@@ -370,10 +477,14 @@ def test_gateway_serves_with_redis_on_its_ports(rendered: dict[str, list[dict[st
 def test_probes_and_graceful_drain(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for deployment in of_kind(rendered["default"], "Deployment").values():
         (container,) = containers(deployment)
-        port = "http" if deployment["metadata"]["name"].endswith("gateway") else "metrics"
-        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+        # The gateway serves HTTPS by default; workers' metrics port is plain HTTP.
+        if deployment["metadata"]["name"].endswith("gateway"):
+            port = {"port": "http", "scheme": "HTTPS"}
+        else:
+            port = {"port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", **port}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", **port}
+        assert container["startupProbe"]["httpGet"] == {"path": "/healthz", **port}
         if container["args"][0] == "worker":
             drain = float(flag(container["args"], "--drain-timeout-s"))
             grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -727,6 +838,392 @@ def test_judge_settings_reach_stem_workers_only(rendered: dict[str, list[dict[st
             assert not {"REWARD_SERVICE_JUDGE_BASE_URL", "OPENAI_API_KEY"} & env.keys(), name
 
 
+# ------------------------------------------------------- access control and transport security
+
+GATEWAY = f"{PREFIX}-gateway"
+GATEWAY_DNS = [GATEWAY, f"{GATEWAY}.{NAMESPACE}", f"{GATEWAY}.{NAMESPACE}.svc"]
+
+
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    """A Secret's contents, decoded."""
+    data = {key: base64.b64decode(value).decode() for key, value in secret.get("data", {}).items()}
+    return {**data, **secret.get("stringData", {})}
+
+
+def file_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Each REWARD_SERVICE_*_FILE variable of a container, as (Secret, key) of the file its
+    path names; fails unless the path is in a read-only Secret volume that the kubelet keeps up
+    to date (a whole-volume mount, no subPath)."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = {}
+    for name, entry in env_of(container).items():
+        if not (name.startswith("REWARD_SERVICE_") and name.endswith("_FILE")):
+            continue
+        directory, _, filename = entry["value"].rpartition("/")
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+        assert mount.get("readOnly") is True and "subPath" not in mount, (name, mount)
+        secret = volumes[mount["name"]]["secret"]
+        (item,) = [i for i in secret["items"] if i["path"] == filename]
+        files[name] = (secret["secretName"], item["key"])
+    return files
+
+
+def gateway_of(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    deployment = of_kind(docs, "Deployment")[GATEWAY]
+    (container,) = containers(deployment)
+    return container, deployment["spec"]["template"]["spec"]
+
+
+def test_default_gateway_requires_a_generated_token(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    docs = rendered["default"]
+    container, pod = gateway_of(docs)
+    files = file_env(container, pod)
+    assert files["REWARD_SERVICE_CLIENTS_FILE"] == (f"{PREFIX}-auth", "clients.toml")
+    env = env_of(container)
+    assert "REWARD_SERVICE_ALLOW_UNAUTHENTICATED" not in env
+    assert env["REWARD_SERVICE_OPEN_HEALTH"]["value"] == "true"  # for the kubelet's probes
+    assert env["REWARD_SERVICE_OPEN_METRICS"]["value"] == "true"
+    # The Secret holds the token (for NOTES.txt and the ServiceMonitor) and a clients file
+    # with only its digest; the gateway gets only the clients file.
+    data = secret_data(of_kind(docs, "Secret")[f"{PREFIX}-auth"])
+    token = data["token"]
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
+    assert token not in data["clients.toml"]
+    assert hashlib.sha256(token.encode()).hexdigest() in data["clients.toml"]
+    volume = next(
+        v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == f"{PREFIX}-auth"
+    )
+    assert [item["key"] for item in volume["secret"]["items"]] == ["clients.toml"]
+    # The service itself accepts the file, and the token, as client "default".
+    path = tmp_path / "clients.toml"
+    path.write_text(data["clients.toml"])
+    registry = ClientRegistry(Settings(clients_file=path))
+    client = registry.authenticate(f"Bearer {token}")
+    assert client is not None and client.name == "default"
+    assert registry.authenticate("Bearer " + "x" * 40) is None
+    # Workers take no API calls: no clients file, no server certificate.
+    for name, deployment in of_kind(docs, "Deployment").items():
+        if name != GATEWAY:
+            (worker,) = containers(deployment)
+            assert not {"REWARD_SERVICE_CLIENTS_FILE", "REWARD_SERVICE_TLS_CERT_FILE"} & set(
+                env_of(worker)
+            ), name
+
+
+def test_default_gateway_serves_tls_with_a_generated_certificate(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    docs = rendered["default"]
+    container, pod = gateway_of(docs)
+    tls_secret = f"{GATEWAY}-tls"
+    tls_files = {k: v for k, v in file_env(container, pod).items() if "_TLS_" in k}
+    assert tls_files == {  # and no client CA: mutual TLS is opt-in
+        "REWARD_SERVICE_TLS_CERT_FILE": (tls_secret, "tls.crt"),
+        "REWARD_SERVICE_TLS_KEY_FILE": (tls_secret, "tls.key"),
+    }
+    secret = of_kind(docs, "Secret")[tls_secret]
+    assert secret["type"] == "kubernetes.io/tls"
+    data = secret_data(secret)
+    certificate = x509.load_pem_x509_certificate(data["tls.crt"].encode())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns_names = names.get_values_for_type(x509.DNSName)
+    assert set(GATEWAY_DNS) | {f"{GATEWAY}.{NAMESPACE}.svc.cluster.local"} <= set(dns_names)
+    # A client that trusts ca.crt accepts the key pair for the Service's name.
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp_path / name).write_text(data[name])
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    _handshake(server, client, f"{GATEWAY}.{NAMESPACE}.svc")
+    # The kubelet probes speak HTTPS to it (and do not check the certificate).
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> None:
+    """A TLS handshake between the two contexts over a socket pair (fails on a bad chain or
+    name)."""
+    left, right = socket.socketpair()
+    with left, right:
+        server_side = server.wrap_socket(left, server_side=True, do_handshake_on_connect=False)
+        client_side = client.wrap_socket(
+            right, server_hostname=hostname, do_handshake_on_connect=False
+        )
+        server_side.setblocking(False)
+        client_side.setblocking(False)
+        done = {"server": False, "client": False}
+        deadline = time.monotonic() + 10
+        while not all(done.values()):
+            assert time.monotonic() < deadline, "TLS handshake timed out"
+            for side, sock in (("server", server_side), ("client", client_side)):
+                if not done[side]:
+                    try:
+                        sock.do_handshake()
+                        done[side] = True
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+
+
+def test_queue_keys_reach_the_gateway_and_every_worker(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["default"]
+    keys = secret_data(of_kind(docs, "Secret")[f"{PREFIX}-queue-keys"])["queue-keys"]
+    # One NAME=SECRET line (the first signs, all verify), a long random secret.
+    assert re.fullmatch(r"[A-Za-z0-9_.-]{1,64}=[A-Za-z0-9]{48}\n", keys)
+    for name, deployment in of_kind(docs, "Deployment").items():
+        (container,) = containers(deployment)
+        files = file_env(container, deployment["spec"]["template"]["spec"])
+        assert files["REWARD_SERVICE_QUEUE_KEYS_FILE"] == (f"{PREFIX}-queue-keys", "queue-keys")
+        assert "REWARD_SERVICE_ALLOW_UNSIGNED_QUEUE" not in env_of(container), name
+
+
+def test_bundled_redis_requires_its_password(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default"]
+    password_ref = {"name": f"{PREFIX}-redis-auth", "key": "password"}
+    assert re.fullmatch(
+        r"[A-Za-z0-9]{32}", secret_data(of_kind(docs, "Secret")[password_ref["name"]])["password"]
+    )
+    (redis,) = of_kind(docs, "StatefulSet").values()
+    (container,) = containers(redis)
+    script = " ".join(container["command"])
+    assert "requirepass" in script and "$REDIS_PASSWORD" in script
+    env = env_of(container)
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):  # the server's, and the probes' redis-cli
+        assert env[name]["valueFrom"]["secretKeyRef"] == password_ref
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "-a " not in " ".join(container[probe]["exec"]["command"])
+    for deployment in of_kind(docs, "Deployment").values():
+        (app,) = containers(deployment)
+        assert (
+            env_of(app)["REWARD_SERVICE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            == password_ref
+        )
+        assert "@" not in env_of(app)["REWARD_SERVICE_REDIS_URL"]["value"]
+    # KEDA's scaler authenticates with the same Secret.
+    (auth,) = of_kind(rendered["keda"], "TriggerAuthentication").values()
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", **password_ref}]
+    for scaled in of_kind(rendered["keda"], "ScaledObject").values():
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server on PATH")
+def test_bundled_redis_start_command_sets_the_password(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Runs the StatefulSet's command with a local redis-server: a password with quotes,
+    backslashes and spaces must work, and appear on no command line."""
+    (redis,) = of_kind(rendered["default"], "StatefulSet").values()
+    (container,) = containers(redis)
+    password = "pa\"ss\\wo rd$x'y-0123456789"
+    sock = tmp_path / "redis.sock"
+    args = ["--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(tmp_path)]
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": password}
+    server = subprocess.Popen(
+        [*container["command"], *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+        def ping(auth: str | None) -> str:
+            cli_env = {"PATH": os.environ["PATH"], **({"REDISCLI_AUTH": auth} if auth else {})}
+            result = subprocess.run(
+                ["redis-cli", "-s", str(sock), "ping"],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            return result.stdout + result.stderr
+
+        assert "PONG" in ping(password)
+        assert "NOAUTH" in ping(None)
+        assert "PONG" not in ping("wrong-password")
+        # The shell exec'd redis-server (it gets SIGTERM), and its command line holds no password.
+        proc = Path(f"/proc/{server.pid}/cmdline")
+        if proc.exists():  # Linux
+            cmdline = proc.read_bytes().decode(errors="replace")
+            assert "redis-server" in cmdline
+            assert password not in cmdline and "requirepass" not in cmdline
+    finally:
+        server.terminate()
+        assert server.wait(timeout=20) == 0
+
+
+def test_no_secret_on_a_command_line(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Whatever the values, no secret value reaches a container's command or args (ps shows
+    them), nor a plain env value: secrets come from files or secretKeyRef."""
+    for name, docs in rendered.items():
+        secrets = {"s3cret"}
+        for secret in of_kind(docs, "Secret").values():
+            secrets |= {value for value in secret_data(secret).values() if len(value) >= 16}
+        for workload in workloads(docs):
+            for container in containers(workload):
+                where = (name, workload["metadata"]["name"], container["name"])
+                words = container.get("command", []) + container.get("args", [])
+                words += [e["value"] for e in container.get("env", []) if "value" in e]
+                for word in words:
+                    assert not any(secret in word for secret in secrets), (where, word)
+                for entry in container.get("env", []):
+                    if re.search(r"PASSWORD|TOKEN|_KEYS$|REDISCLI_AUTH|API_KEY", entry["name"]):
+                        assert "valueFrom" in entry, (where, entry["name"])
+
+
+def test_every_service_setting_exists(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Each REWARD_SERVICE_* variable the chart sets names a field of the service's Settings
+    (the service refuses unknown ones)."""
+    for name, docs in rendered.items():
+        for deployment in of_kind(docs, "Deployment").values():
+            for variable in env_of(containers(deployment)[0]):
+                if variable.startswith("REWARD_SERVICE_"):
+                    field = variable.removeprefix("REWARD_SERVICE_").lower()
+                    assert field in Settings.model_fields, (name, variable)
+
+
+def test_existing_secrets_replace_the_generated_ones(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["existing-secrets"]
+    assert not of_kind(docs, "Secret")  # nothing generated
+    container, pod = gateway_of(docs)
+    assert file_env(container, pod) == {
+        "REWARD_SERVICE_CLIENTS_FILE": ("api-clients", "clients"),
+        "REWARD_SERVICE_TLS_CERT_FILE": ("gateway-cert", "tls.crt"),
+        "REWARD_SERVICE_TLS_KEY_FILE": ("gateway-cert", "tls.key"),
+        "REWARD_SERVICE_TLS_CLIENT_CA_FILE": ("trainer-ca", "ca.crt"),
+        "REWARD_SERVICE_QUEUE_KEYS_FILE": ("queue-keys", "keys"),
+    }
+    password_ref = {"name": "redis-pass", "key": "pw"}
+    for deployment in of_kind(docs, "Deployment").values():
+        (app,) = containers(deployment)
+        assert (
+            env_of(app)["REWARD_SERVICE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            == password_ref
+        )
+    (redis,) = of_kind(docs, "StatefulSet").values()
+    assert (
+        env_of(containers(redis)[0])["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == password_ref
+    )
+    (auth,) = of_kind(docs, "TriggerAuthentication").values()
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", **password_ref}]
+
+
+def test_protected_metrics_make_the_service_monitor_send_a_token(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    tls_config = {
+        "ca": {"secret": {"name": f"{GATEWAY}-tls", "key": "ca.crt"}},
+        "serverName": f"{GATEWAY}.{NAMESPACE}.svc",
+    }
+    for name, token_ref, tls_secret in (
+        ("protected", {"name": f"{PREFIX}-auth", "key": "token"}, f"{GATEWAY}-tls"),
+        ("existing-secrets", {"name": "prometheus-token", "key": "token"}, "gateway-cert"),
+    ):
+        monitors = of_kind(rendered[name], "ServiceMonitor")
+        (endpoint,) = monitors[f"{PREFIX}-gateway"]["spec"]["endpoints"]
+        assert endpoint["scheme"] == "https"
+        assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": tls_secret, "key": "ca.crt"}
+        assert endpoint["authorization"] == {"type": "Bearer", "credentials": token_ref}, name
+        # Workers' metrics port is theirs alone: plain, open.
+        (endpoint,) = monitors[f"{PREFIX}-worker"]["spec"]["endpoints"]
+        assert "authorization" not in endpoint and "scheme" not in endpoint
+    # Open metrics (the default): TLS, but no token.
+    (endpoint,) = of_kind(rendered["service-monitor"], "ServiceMonitor")[f"{PREFIX}-gateway"][
+        "spec"
+    ]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == tls_config
+    assert "authorization" not in endpoint
+    container, _ = gateway_of(rendered["protected"])
+    env = env_of(container)
+    assert env["REWARD_SERVICE_OPEN_METRICS"]["value"] == "false"
+    assert env["REWARD_SERVICE_OPEN_HEALTH"]["value"] == "false"
+    assert env["REWARD_SERVICE_CLIENT_RATE"]["value"] == "200.5"
+    assert env["REWARD_SERVICE_CLIENT_BURST"]["value"] == "400"
+    assert env["REWARD_SERVICE_CLIENT_MAX_IN_FLIGHT"]["value"] == "64"
+    # The kubelet cannot send a token: with protected health the probes only open the port.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["tcpSocket"] == {"port": "http"}
+    annotations = of_kind(rendered["protected"], "Deployment")[GATEWAY]["spec"]["template"][
+        "metadata"
+    ]["annotations"]
+    assert annotations["prometheus.io/scheme"] == "https"
+
+
+def test_cert_manager_issues_the_gateway_certificate(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["cert-manager"]
+    (certificate,) = of_kind(docs, "Certificate").values()
+    spec = certificate["spec"]
+    assert spec["secretName"] == f"{GATEWAY}-tls"
+    assert spec["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer"}
+    assert set(GATEWAY_DNS) | {"rewards.example.com"} <= set(spec["dnsNames"])
+    assert spec["duration"] == "2160h"
+    assert f"{GATEWAY}-tls" not in of_kind(docs, "Secret")  # cert-manager writes it
+    container, pod = gateway_of(docs)
+    assert file_env(container, pod)["REWARD_SERVICE_TLS_CERT_FILE"] == (f"{GATEWAY}-tls", "tls.crt")
+
+
+def test_external_redis_over_tls_with_its_own_secrets(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["external-redis-tls"]
+    for deployment in of_kind(docs, "Deployment").values():
+        (container,) = containers(deployment)
+        env = env_of(container)
+        assert env["REWARD_SERVICE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "redis-pass",
+            "key": "password",
+        }
+        assert env["REWARD_SERVICE_REDIS_USERNAME"]["value"] == "reward"
+        files = file_env(container, deployment["spec"]["template"]["spec"])
+        assert files["REWARD_SERVICE_REDIS_TLS_CA_FILE"] == ("redis-ca", "ca.crt")
+        assert files["REWARD_SERVICE_REDIS_TLS_CERT_FILE"] == ("redis-client", "tls.crt")
+        assert files["REWARD_SERVICE_REDIS_TLS_KEY_FILE"] == ("redis-client", "tls.key")
+    # KEDA: TLS with the CA and client certificate from the TriggerAuthentication (which KEDA
+    # refuses together with enableTLS), `tls: enable` from a Secret of the chart's.
+    (auth,) = of_kind(docs, "TriggerAuthentication").values()
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    keda_secret = f"{PREFIX}-keda-redis"
+    assert refs == {
+        "address": (f"{PREFIX}-redis-url", "address"),
+        "password": ("redis-pass", "password"),
+        "username": (keda_secret, "username"),
+        "tls": (keda_secret, "tls"),
+        "ca": ("redis-ca", "ca.crt"),
+        "cert": ("redis-client", "tls.crt"),
+        "key": ("redis-client", "tls.key"),
+    }
+    assert secret_data(of_kind(docs, "Secret")[keda_secret]) == {
+        "tls": "enable",
+        "username": "reward",
+    }
+    for scaled in of_kind(docs, "ScaledObject").values():
+        (trigger,) = scaled["spec"]["triggers"]
+        assert "enableTLS" not in trigger["metadata"]
+
+
+def test_security_can_be_turned_off_only_explicitly(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["insecure"]
+    assert not of_kind(docs, "Secret").keys() - {f"{PREFIX}-redis-auth"}
+    container, pod = gateway_of(docs)
+    env = env_of(container)
+    assert env["REWARD_SERVICE_ALLOW_UNAUTHENTICATED"]["value"] == "true"
+    assert env["REWARD_SERVICE_ALLOW_UNSIGNED_QUEUE"]["value"] == "true"
+    assert not file_env(container, pod)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
 # -------------------------------------------------------------------------- bad values fail
 
 
@@ -741,6 +1238,10 @@ def test_judge_settings_reach_stem_workers_only(rendered: dict[str, list[dict[st
         ({"gateway": {"grpcPort": 70000}}, "grpcPort"),
         ({"redis": {"external": {"url": "http://redis:6379"}}}, "url"),
         ({"unknownKey": 1}, "unknownKey"),
+        ({"auth": {"clientName": "a b"}}, "clientName"),
+        ({"auth": {"clientLimits": {"rate": -1}}}, "rate"),
+        ({"tls": {"selfSigned": {"validityDays": 0}}}, "validityDays"),
+        ({"redis": {"external": {"passwordSecret": {"name": "Not_A_Name"}}}}, "passwordSecret"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -763,6 +1264,32 @@ def test_schema_rejects_bad_values(values: dict[str, Any], message: str, tmp_pat
         ),
         ({"workers": {"cpu": {"enabled": True, "concurrency": 2}}}, "is not a domain"),
         ({"autoscaling": {"mode": "keda", "keda": {"trigger": "lagCount"}}}, "activationBacklog"),
+        ({"auth": {"enabled": False}}, "set auth.allowUnauthenticated=true to confirm"),
+        ({"queue": {"allowUnsigned": True, "existingSecret": "k"}}, "queue.allowUnsigned"),
+        ({"tls": {"enabled": False, "clientCA": {"secretName": "ca"}}}, "needs tls.enabled"),
+        (
+            {"tls": {"existingSecret": "c", "certManager": {"issuerRef": {"name": "i"}}}},
+            "not both",
+        ),
+        (
+            {
+                "auth": {"existingSecret": "clients", "openMetrics": False},
+                "metrics": {"serviceMonitor": {"enabled": True}},
+            },
+            "bearerTokenSecret",
+        ),
+        (
+            {
+                "redis": {
+                    "bundled": {"enabled": False},
+                    "external": {
+                        "url": "redis://redis:6379/0",
+                        "tlsCASecret": {"name": "ca", "key": "ca.crt"},
+                    },
+                }
+            },
+            "need TLS",
+        ),
     ],
 )
 def test_inconsistent_values_fail_the_render(
