@@ -145,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
         "code benchmark (verl stays out of the service's environment).",
     )
 
+    keygen = commands.add_parser(
+        "keygen",
+        help="Make the secrets of a deployment: queue keys, API clients with their tokens.",
+        description="Create what is missing, keep what exists (safe to run at every start, as "
+        "docker-compose.yml does): --queue-keys writes a queue key file (NAME=SECRET, mode "
+        "0600) for signing jobs and results in distributed mode; --client NAME adds a client "
+        "with a new random token to --clients-file (which holds only its SHA-256) and writes "
+        "the token to --token-file (mode 0600) for the trainer. Nothing secret is printed.",
+    )
+    keygen.add_argument("--queue-keys", type=Path, help="Queue key file to create.")
+    keygen.add_argument("--client", help="Name of an API client to add.")
+    keygen.add_argument("--clients-file", type=Path, help="Clients file to add it to (TOML).")
+    keygen.add_argument("--token-file", type=Path, help="Where to write the new client's token.")
+
     stem = commands.add_parser(
         "filter-stem",
         help="Keep the STEM rows whose reference response an LLM judge finds consistent.",
@@ -284,6 +298,33 @@ async def _score_file(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from reward_service.gateway.auth import add_client
+    from reward_service.queue.security import create_key_file
+
+    if args.queue_keys is None and args.client is None:
+        raise SystemExit("reward-service keygen: nothing to make: give --queue-keys or --client")
+    if args.queue_keys is not None:
+        made = create_key_file(args.queue_keys)
+        print(f"{args.queue_keys}: {'wrote a new queue key' if made else 'exists, kept'}")
+    if args.client is not None:
+        if args.clients_file is None or args.token_file is None:
+            raise SystemExit(
+                "reward-service keygen: --client needs --clients-file and --token-file"
+            )
+        try:
+            made = add_client(args.clients_file, args.client, args.token_file)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"reward-service keygen: {exc}") from None
+        if made:
+            print(
+                f"added client {args.client!r} to {args.clients_file}; token in {args.token_file}"
+            )
+        else:
+            print(f"client {args.client!r} is in {args.clients_file} already: kept")
+    return 0
+
+
 def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if command != "worker":
         return None
@@ -346,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.runner import run_benchmarks
 
         return run_benchmarks(args)
+    if args.command == "keygen":
+        return _keygen(args)
     if args.command == "filter-stem":
         from reward_service.stem_filter import run_from_args
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from reward_service.gateway.auth import ClientRegistry
 from reward_service.queue.security import Keyring
+from reward_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -21,9 +23,10 @@ REDIS_URL = "redis://redis:6379/0"
 ALL_DOMAINS = {"math", "code", "stem", "reasoning_gym", "ifeval"}
 SANDBOX_OPTIONS = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
 KEY_DIRECTORY = "/var/lib/reward-service/queue-keys"
+API_DIRECTORY = "/var/lib/reward-service/api"
 DEPENDS = {
     "redis": {"condition": "service_healthy"},
-    "queue-keys": {"condition": "service_completed_successfully"},
+    "secrets": {"condition": "service_completed_successfully"},
 }
 
 
@@ -91,30 +94,48 @@ def test_workers_are_scalable_and_drain(services: dict[str, dict[str, Any]]) -> 
         assert int(service["stop_grace_period"][:-1]) > 30, name
 
 
-def test_queue_keys_made_once_and_mounted_read_only(
+def test_secrets_made_once_and_mounted_read_only(
     services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    keys = services["queue-keys"]
-    assert keys["restart"] == "no"  # a one-shot
-    assert keys["volumes"] == [f"queue-keys:{KEY_DIRECTORY}"]
-    key_file = flag(keys["command"], "keygen")
+    secrets = services["secrets"]
+    assert secrets["restart"] == "no"  # a one-shot
+    assert secrets["volumes"] == [f"queue-keys:{KEY_DIRECTORY}", f"api-clients:{API_DIRECTORY}"]
+    command = secrets["command"]
+    key_file = flag(command, "--queue-keys")
+    clients_file = flag(command, "--clients-file")
     assert key_file.startswith(KEY_DIRECTORY + "/")
+    assert clients_file.startswith(API_DIRECTORY + "/")
     for name, service in services.items():
-        if name in ("redis", "queue-keys", "embedded"):
+        if name in ("redis", "secrets", "embedded"):
             continue
-        assert service["volumes"] == [f"queue-keys:{KEY_DIRECTORY}:ro"], name
+        assert f"queue-keys:{KEY_DIRECTORY}:ro" in service["volumes"], name
         assert service["environment"]["REWARD_SERVICE_QUEUE_KEYS_FILE"] == key_file, name
-    # The image makes the mount point the service user's (an empty volume copies its owner).
-    assert KEY_DIRECTORY in (ROOT / "deploy" / "Dockerfile").read_text()
-    # The one-shot's command, run here: a key file of mode 0600, kept on the next run.
-    module = keys["entrypoint"][keys["entrypoint"].index("-m") + 1]
-    target = tmp_path / "queue-keys"
+        # Only the gateways see the API clients; workers never need them.
+        has_clients = f"api-clients:{API_DIRECTORY}:ro" in service["volumes"]
+        assert has_clients == (name == "gateway"), name
+    for name in ("gateway", "embedded"):
+        assert services[name]["environment"]["REWARD_SERVICE_CLIENTS_FILE"] == clients_file
+    # The image makes the mount points the service user's (an empty volume copies its owner).
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert KEY_DIRECTORY in dockerfile and API_DIRECTORY in dockerfile
+    # The one-shot's command, run here into temporary paths: the files are made once, kept on
+    # the next run, secret ones of mode 0600, and they are what the service reads.
+    here = {KEY_DIRECTORY: str(tmp_path), API_DIRECTORY: str(tmp_path)}
+    local = [
+        next((arg.replace(d, t) for d, t in here.items() if arg.startswith(d)), arg)
+        for arg in command
+    ]
     for _ in range(2):
         subprocess.run(
-            [sys.executable, "-m", module, "keygen", str(target)], check=True, timeout=60, cwd=ROOT
+            [sys.executable, "-m", "reward_service.cli", *local], check=True, timeout=60, cwd=ROOT
         )
-    assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert len(Keyring.from_file(target).names) == 1
+    keys = tmp_path / Path(key_file).name
+    token = tmp_path / Path(flag(command, "--token-file")).name
+    assert stat.S_IMODE(keys.stat().st_mode) == stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert len(Keyring.from_file(keys).names) == 1
+    registry = ClientRegistry(Settings(clients_file=tmp_path / Path(clients_file).name))
+    client = registry.authenticate(f"Bearer {token.read_text().strip()}")
+    assert client is not None and client.name == flag(command, "--client")
 
 
 def test_only_code_sandboxes_get_relaxed_security(services: dict[str, dict[str, Any]]) -> None:
@@ -141,7 +162,8 @@ def test_embedded_mode_is_an_opt_in_profile(services: dict[str, dict[str, Any]])
     embedded = services["embedded"]
     assert embedded["profiles"] == ["embedded"]
     assert embedded["command"] == ["serve"]
-    assert "depends_on" not in embedded
+    # No Redis: the API client (its token) is all it waits for.
+    assert embedded["depends_on"] == {"secrets": DEPENDS["secrets"]}
     assert "--redis-url" not in embedded["command"]
     assert "REWARD_SERVICE_REDIS_URL" not in embedded["environment"]
     for name, service in services.items():

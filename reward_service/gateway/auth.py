@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
+import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -275,6 +278,33 @@ class ClientRegistry:
                 # Mutual TLS is the only credential configured: the CA is the authority.
                 return Client(f"cert:{certificate_cn}", self.base_limits)
         return None
+
+
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def add_client(clients_file: Path, name: str, token_file: Path) -> bool:
+    """Add client ``name`` with a new random token to ``clients_file`` (created if missing):
+    the file gets only the token's SHA-256, the token goes to ``token_file`` (mode 0600, which
+    must not exist). False, and nothing written, if the file already has that client."""
+    if not CLIENT_NAME.match(name):
+        raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+    text = clients_file.read_text(encoding="utf-8") if clients_file.exists() else ""
+    try:
+        existing = tomllib.loads(text).get("clients", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ClientsConfigError(f"clients file {clients_file} is not valid TOML: {exc}") from None
+    if name in existing:
+        return False
+    token = secrets.token_urlsafe(32)
+    descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(token + "\n")
+    entry = f'[clients.{name}]\ntoken_sha256 = "{token_digest(token)}"\n'
+    separator = "\n" if text and not text.endswith("\n\n") else ""
+    with clients_file.open("a", encoding="utf-8") as file:
+        file.write(separator + entry)
+    return True
 
 
 def _parse_env_tokens(value: str) -> dict[str, _ClientEntry]:

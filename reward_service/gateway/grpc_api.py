@@ -136,35 +136,39 @@ _CALLER: contextvars.ContextVar[Client] = contextvars.ContextVar("reward_service
 
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates each call before its handler runs (see the module docstring)."""
+    """Authenticates each call before its handler runs (see the module docstring). The
+    checking handler of each method is built once and kept: a refused call costs the least."""
 
     def __init__(self, access: AccessControl) -> None:
         self.access = access
+        self._checked: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if not self.access.enabled:
-            return handler  # every caller is the anonymous client: nothing to check
+        if not self.access.enabled:  # every caller is the anonymous client: nothing to check
+            return await continuation(handler_call_details)
         method: str = handler_call_details.method
+        checked = self._checked.get(method)
+        if checked is not None:
+            return checked
+        handler = await continuation(handler_call_details)
         if self.access.open_health and method.startswith(f"/{HEALTH_SERVICE_NAME}/"):
             return handler
-        authorization = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
-                authorization = value if isinstance(value, str) else None
-                break
-        if handler is None:
-            return _unknown_method_handler(self.access, authorization)
-        return _authenticated(handler, self.access, authorization)
+        if handler is None:  # not cached: the names of unknown methods are the caller's choice
+            return _unknown_method_handler(self.access)
+        checked = self._checked[method] = _authenticated(handler, self.access)
+        return checked
 
 
-def _caller(
-    access: AccessControl, authorization: str | None, context: grpc.aio.ServicerContext
-) -> Client | None:
+def _caller(access: AccessControl, context: grpc.aio.ServicerContext) -> Client | None:
+    authorization = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = value if isinstance(value, str) else None
+            break
     certificate_cn = None
     if access.clients.any_certificate or access.clients.has_certificate_clients:
         names = context.auth_context().get("x509_common_name")
@@ -182,15 +186,13 @@ _HANDLER_KINDS = {
 }
 
 
-def _authenticated(
-    handler: grpc.RpcMethodHandler, access: AccessControl, authorization: str | None
-) -> grpc.RpcMethodHandler:
+def _authenticated(handler: grpc.RpcMethodHandler, access: AccessControl) -> grpc.RpcMethodHandler:
     """``handler`` behind a credentials check that also names the caller (``_CALLER``)."""
     attribute, build = _HANDLER_KINDS[(handler.request_streaming, handler.response_streaming)]
     inner = getattr(handler, attribute)
 
     async def admitted(context: grpc.aio.ServicerContext) -> None:
-        client = _caller(access, authorization, context)
+        client = _caller(access, context)
         if client is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
         _CALLER.set(client)  # type: ignore[arg-type]
@@ -211,14 +213,12 @@ def _authenticated(
     return build(behaviour, handler.request_deserializer, handler.response_serializer)
 
 
-def _unknown_method_handler(
-    access: AccessControl, authorization: str | None
-) -> grpc.RpcMethodHandler:
+def _unknown_method_handler(access: AccessControl) -> grpc.RpcMethodHandler:
     """UNAUTHENTICATED for a caller without credentials (who must not learn which methods
     exist), UNIMPLEMENTED for an authenticated one."""
 
     async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        if _caller(access, authorization, context) is None:
+        if _caller(access, context) is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         return b""
@@ -247,16 +247,23 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 f"request is {size} bytes, above the limit of {limit} (max_request_bytes)"
             )
 
-    async def _admit(self, client: Client, count: int, context: grpc.aio.ServicerContext) -> None:
+    def _refused(self, client: Client, count: int, context: grpc.aio.ServicerContext) -> bool:
+        """Whether ``count`` requests of ``client`` are over its limits; if so the call's
+        status is set to RESOURCE_EXHAUSTED (set and returned, not raised through abort():
+        a flooding client's refusals must cost the gateway as little as possible)."""
         refusal = self.access.admit(client, count)
-        if refusal is not None:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.detail)
+        if refusal is None:
+            return False
+        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        context.set_details(refusal.detail)
+        return True
 
     async def Score(  # noqa: N802 - gRPC method names are fixed by the .proto
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreResult:
         client = self._caller()
-        await self._admit(client, 1, context)
+        if self._refused(client, 1, context):
+            return reward_pb2.ScoreResult()
         try:
             result = await self._submit_one(request, _client_deadline(context), client)
         finally:
@@ -286,7 +293,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 requests.append(request_from_proto(message, client.name))
             except InvalidRequestError as exc:
                 early[index] = ScoreResult(message.id, 0.0, Status.INVALID, str(exc))
-        await self._admit(client, len(requests), context)
+        if self._refused(client, len(requests), context):
+            return reward_pb2.ScoreBatchResponse()
         try:
             scored = iter(await self.scorer.score_many(requests, _client_deadline(context)))
         finally:
