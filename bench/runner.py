@@ -14,6 +14,7 @@ from typing import Any
 from bench.code import bench_code
 from bench.distributed import bench_distributed
 from bench.domains import bench_ifeval, bench_reasoning_gym
+from bench.fairness import bench_fairness
 from bench.gateway import bench_math, bench_overhead
 from bench.overlap import bench_overlap
 
@@ -183,7 +184,53 @@ def render(results: dict[str, Any]) -> str:
         ]
     lines += _render_distributed(results.get("distributed"))
     lines += _render_overlap(results.get("overlap"))
+    lines += _render_fairness(results.get("fairness"))
     return "\n".join(lines)
+
+
+def _render_fairness(fair: dict[str, Any] | None) -> list[str]:
+    if not fair:
+        return []
+    phases = fair["phases"]
+    lines = [
+        "## One client flooding at 10x its rate limit",
+        "",
+        f"Two clients of one service ({fair['workers']} worker processes, a verifier that burns "
+        f"{fair['spin_ms']:g} ms of CPU per sample). `steady` sends {fair['steady_rate']:g} "
+        f"unary calls/s on a fixed schedule; `flood` is limited to {fair['flood_limit']:g} "
+        f"requests/s and sends {fair['flood_rate']:g}/s from another process. Phases alternate "
+        f"over {fair['rounds']} rounds of {fair['phase_s']:g} s each and their samples are "
+        "pooled. *flood*: the flooding process at nice 10, standing in for a trainer on "
+        "another machine (on this 2-core machine it otherwise takes CPU from the service "
+        "itself); *same priority*: the flooding process at normal priority (this machine's "
+        "worst case); *unlimited*: the same flood against a service that does not limit "
+        "`flood` (what the limit prevents). See `bench/fairness.py`.",
+        "",
+        "| phase | steady p50 ms | steady p99 ms | p99 vs alone | flood calls: answered / "
+        "refused | target |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    names = {
+        "alone": "alone",
+        "flood": "flood",
+        "flood_same_priority": "flood, same priority",
+        "flood_unlimited": "flood, unlimited",
+    }
+    for key, label in names.items():
+        phase = phases[key]
+        increase = fair["p99_increase"].get(key)
+        change = "" if increase is None else f"{100 * increase:+.0f}%"
+        flood = phase["flood_outcomes"]
+        calls = f"{flood.get('ok', 0)} / {flood.get('RESOURCE_EXHAUSTED', 0)}" if flood else ""
+        target = ""
+        if key == "flood":
+            target = f"<= +20%: {_verdict(increase is not None and increase <= 0.2)}"
+        lines.append(
+            f"| {label} | {phase['steady_p50_ms']:.1f} | {phase['steady_p99_ms']:.1f} | "
+            f"{change} | {calls} | {target} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _render_overlap(overlap: dict[str, Any] | None) -> list[str]:
@@ -313,6 +360,7 @@ BENCHMARKS = {
     "ifeval": lambda args, workers: bench_ifeval(workers, args.quick),
     "distributed": lambda args, workers: bench_distributed(workers, args.quick),
     "overlap": lambda args, workers: bench_overlap(workers, args.quick),
+    "fairness": lambda args, workers: bench_fairness(workers, args.quick),
 }
 
 

@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the benchmarks (math throughput vs direct math-verify, gateway "
         "overhead over gRPC unary, gRPC stream and HTTP, code sandbox throughput and overhead "
         "on HumanEval, reasoning_gym and ifeval throughput vs direct scoring, distributed mode "
-        "under a 100,000-request mixed load and its scaling, and how much reward time a "
-        "training step still waits for when responses are streamed) and write the results as "
-        "a Markdown table and a JSON file.",
+        "under a 100,000-request mixed load and its scaling, how much reward time a "
+        "training step still waits for when responses are streamed, and how much one client "
+        "flooding at 10x its rate limit slows another) and write the results as a Markdown "
+        "table and a JSON file.",
     )
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     bench.add_argument("--json", type=Path, default=Path("docs/benchmarks.json"))
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         help="Comma-separated benchmarks to run (math, overhead, code, reasoning_gym, ifeval, "
-        "distributed, overlap); default: all.",
+        "distributed, overlap, fairness); default: all.",
     )
     bench.add_argument(
         "--verl-python",

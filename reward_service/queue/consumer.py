@@ -304,6 +304,7 @@ class StreamConsumer:
             reference=message.reference,
             options=message.options,
             id=message.id,
+            client=message.client,
         )
         deadline = time.monotonic() + message.remaining_s()
 

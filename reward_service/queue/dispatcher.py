@@ -192,6 +192,7 @@ class RedisDispatcher:
             response=job.response,
             reference=dict(request.reference),
             options=dict(request.options or {}),
+            client=request.client,
         )
         payload = message.encode()
         signature = self.keyring.sign_job(payload) if self.keyring is not None else b""

@@ -113,6 +113,8 @@ class JobMessage:
     response: str
     reference: dict[str, Any]
     options: dict[str, Any]
+    # The authenticated client that sent it: a worker's queue is fair across clients.
+    client: str = ""
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -126,6 +128,7 @@ class JobMessage:
                 "resp": self.response,
                 "ref": self.reference,
                 "opt": self.options,
+                "c": self.client,
             }
         )
 
@@ -143,8 +146,9 @@ class JobMessage:
             response=raw["resp"],
             reference=raw["ref"],
             options=raw["opt"],
+            client=raw.get("c", ""),
         )
-        for name in ("key", "token", "replies", "domain", "id", "response"):
+        for name in ("key", "token", "replies", "domain", "id", "response", "client"):
             if not isinstance(getattr(message, name), str):
                 raise TypeError(f"job field {name!r} is not a string")
         if not isinstance(message.reference, dict) or not isinstance(message.options, dict):
