@@ -60,7 +60,9 @@ class Settings(BaseSettings):
         "probes); false protects them like the API.",
     )
     open_metrics: bool = Field(
-        True, description="Serve /metrics without a token; false protects it like the API."
+        False,
+        description="Serve /metrics without a token (it names domains and clients); by default "
+        "it needs one, like the API, when authentication is on.",
     )
     allow_unauthenticated: bool = Field(
         False,
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
     client_rate: float = Field(
         0.0,
         ge=0,
+        allow_inf_nan=False,
         description="Requests per second one client may send (token bucket; a batch counts "
         "each item); 0 = no limit. Beyond it: 429 / RESOURCE_EXHAUSTED.",
     )

@@ -884,7 +884,7 @@ def test_default_gateway_requires_a_generated_token(
     env = env_of(container)
     assert "REWARD_SERVICE_ALLOW_UNAUTHENTICATED" not in env
     assert env["REWARD_SERVICE_OPEN_HEALTH"]["value"] == "true"  # for the kubelet's probes
-    assert env["REWARD_SERVICE_OPEN_METRICS"]["value"] == "true"
+    assert env["REWARD_SERVICE_OPEN_METRICS"]["value"] == "false"  # it names clients
     # The Secret holds the token (for NOTES.txt and the ServiceMonitor) and a clients file
     # with only its digest; the gateway gets only the clients file.
     data = secret_data(of_kind(docs, "Secret")[f"{PREFIX}-auth"])
@@ -1135,12 +1135,15 @@ def test_protected_metrics_make_the_service_monitor_send_a_token(
         # Workers' metrics port is theirs alone: plain, open.
         (endpoint,) = monitors[f"{PREFIX}-worker"]["spec"]["endpoints"]
         assert "authorization" not in endpoint and "scheme" not in endpoint
-    # Open metrics (the default): TLS, but no token.
+    # Protected metrics are the default: the generated token, over TLS.
     (endpoint,) = of_kind(rendered["service-monitor"], "ServiceMonitor")[f"{PREFIX}-gateway"][
         "spec"
     ]["endpoints"]
     assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == tls_config
-    assert "authorization" not in endpoint
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": f"{PREFIX}-auth", "key": "token"},
+    }
     container, _ = gateway_of(rendered["protected"])
     env = env_of(container)
     assert env["REWARD_SERVICE_OPEN_METRICS"]["value"] == "false"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import ssl
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reward_service.gateway.auth import ClientRegistry, ClientsConfigError
+from reward_service.gateway.auth import ClientRegistry, ClientsConfigError, add_client
 from reward_service.gateway.server import RewardServer, is_loopback
 from reward_service.settings import Settings
 from reward_service.v1 import reward_pb2, reward_pb2_grpc
@@ -107,11 +108,30 @@ def test_http_refuses_bad_credentials_everywhere_alike(
     assert len(answers) == 1
 
 
-def test_probes_and_metrics_are_open_by_default(secured: ServerThread) -> None:
-    for path in ("/healthz", "/readyz", "/metrics"):
+def test_probes_are_open_and_metrics_protected_by_default(secured: ServerThread) -> None:
+    for path in ("/healthz", "/readyz"):
         assert httpx.get(f"{secured.http_url}{path}").status_code == 200, path
-    metrics = httpx.get(f"{secured.http_url}/metrics").text
+    assert httpx.get(f"{secured.http_url}/metrics").status_code == 401  # it names clients
+    metrics = httpx.get(f"{secured.http_url}/metrics", headers=bearer(TOKEN_A)).text
     assert 'reward_service_refused_requests_total{client="",reason="unauthenticated"}' in metrics
+
+
+def test_metrics_can_be_opened(clients_file: Path) -> None:
+    with running_server(clients_file=clients_file, domains=["test_echo"], open_metrics=True) as s:
+        assert httpx.get(f"{s.http_url}/metrics").status_code == 200
+        assert httpx.get(f"{s.http_url}/v1/domains").status_code == 401
+
+
+def test_websockets_are_refused(secured: ServerThread) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", secured.server.http_port), timeout=5) as sock:  # type: ignore[union-attr]
+        sock.sendall(
+            b"GET /v1/score HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        reply = sock.recv(1024)
+    assert not reply.startswith(b"HTTP/1.1 101")
 
 
 def test_probes_and_metrics_can_be_protected(clients_file: Path) -> None:
@@ -130,6 +150,10 @@ def test_probes_and_metrics_can_be_protected(clients_file: Path) -> None:
             token = [("authorization", f"Bearer {TOKEN_A}")]
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5, metadata=token)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            # Watch (a stream written with context.write) works behind the check too.
+            watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=5, metadata=token)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
 
 
 # --------------------------------------------------------------------------- gRPC tokens
@@ -291,6 +315,80 @@ def test_secrets_have_no_command_line_flags() -> None:
     assert "--clients-file" in help_text
 
 
+def test_a_stream_survives_unreadable_items_without_leaking_room(
+    limited: ServerThread,
+) -> None:
+    """Items that cannot be read (NaN in options, absurd nesting) are answered `invalid` one by
+    one; the client's in-flight room comes back (its limit is 2 here)."""
+    nan = reward_pb2.ScoreRequest(id="nan", domain="test_echo", response="r", json="{}")
+    nan.options.update({"x": float("nan")})
+    deep = reward_pb2.ScoreRequest(
+        id="deep", domain="test_echo", response="r", json="[" * 100_000 + "]" * 100_000
+    )
+    good = reward_pb2.ScoreRequest(id="ok", domain="test_echo", response="r", json="{}")
+    with grpc.insecure_channel(limited.grpc_target) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        token = [("authorization", f"Bearer {TOKEN_B}")]
+        messages = [reward_pb2.ScoreStreamRequest(requests=[nan, deep, good])] * 3
+        replies = stub.ScoreStream(iter(messages), timeout=20, metadata=token)
+        results = [r for reply in replies for r in reply.results]
+    statuses = sorted((r.id, r.status) for r in results)
+    assert statuses == sorted(
+        [
+            ("nan", reward_pb2.STATUS_INVALID),
+            ("deep", reward_pb2.STATUS_INVALID),
+            ("ok", reward_pb2.STATUS_OK),
+        ]
+        * 3
+    )
+    assert limited.server is not None
+    narrow = limited.server.access.clients.authenticate(f"Bearer {TOKEN_B}")
+    assert narrow is not None and limited.server.access.admission.in_flight(narrow) == 0
+
+
+def test_a_batch_above_the_in_flight_limit_is_refused_as_too_large(limited: ServerThread) -> None:
+    reply = httpx.post(
+        f"{limited.http_url}/v1/score/batch", json={"requests": [ECHO] * 3}, headers=bearer(TOKEN_B)
+    )
+    assert reply.status_code == 400 and "limit of 2 (max_in_flight)" in reply.json()["detail"]
+
+
+def test_keygen_client_names(tmp_path: Path) -> None:
+    clients, token = tmp_path / "clients.toml", tmp_path / "token"
+    assert add_client(clients, "team.a", token)
+    client = ClientRegistry(Settings(clients_file=clients)).authenticate(
+        f"Bearer {token.read_text().strip()}"
+    )
+    assert client is not None and client.name == "team.a"
+    with pytest.raises(ValueError, match="client name"):
+        add_client(clients, "bad\n", tmp_path / "t2")
+
+
+def test_a_swapped_env_pair_never_echoes_the_token() -> None:
+    with pytest.raises(ClientsConfigError) as caught:
+        ClientRegistry(Settings(api_tokens=f"{TOKEN_A}=team-a"))
+    assert TOKEN_A not in str(caught.value)
+
+
+def test_reload_sees_a_same_size_rewrite_and_keeps_clients_over_an_empty_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "clients.toml"
+    path.write_text(f'[clients.one]\ntoken = "{TOKEN_A}"\n')
+    registry = ClientRegistry(Settings(clients_file=path))
+    stamp = path.stat().st_mtime_ns
+    replacement = tmp_path / "new.toml"
+    replacement.write_text(f'[clients.two]\ntoken = "{TOKEN_B}"\n'.replace("two", "one"))
+    os.utime(replacement, ns=(stamp, stamp))
+    os.replace(replacement, path)  # same size, same mtime: a new inode
+    assert registry.reload_if_changed()
+    assert registry.authenticate(f"Bearer {TOKEN_B}") is not None
+    assert registry.authenticate(f"Bearer {TOKEN_A}") is None
+    path.write_text("")  # truncated mid-edit: keeps the clients in force
+    assert not registry.reload_if_changed()
+    assert registry.authenticate(f"Bearer {TOKEN_B}") is not None
+
+
 @pytest.mark.parametrize(
     "text, problem",
     [
@@ -428,7 +526,7 @@ def mtls_server(
     pki: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerThread]:
     path = tmp_path_factory.mktemp("mtls") / "clients.toml"
-    write_clients(path, extra='\n[clients.trainer-c]\ncert_cn = "trainer-c"\nrate = 1000.0\n')
+    write_clients(path, extra='\n[clients.trainer-c]\ncert_cn = "trainer-c"\nmax_batch_size = 1\n')
     with running_server(
         clients_file=path,
         domains=["test_echo"],
@@ -447,11 +545,9 @@ def test_mutual_tls_certificate_is_the_identity(
     )
     with RewardClient(mtls_server.grpc_target, credentials=client_cert) as client:
         assert client.score("test_echo", "r", {"reward": 0.5}).reward == 0.5
-    metrics = httpx.get(
-        f"{mtls_server.http_url}/metrics",
-        verify=ssl.create_default_context(cafile=pki["ca"].cert_file),
-    )
-    assert metrics.status_code == 200
+        # The certificate's CN picked the client: its own limits apply.
+        with pytest.raises(RewardServiceError, match=r"limit of 1 \(max_batch_size\)"):
+            client.score_batch([ECHO, ECHO])
 
 
 @pytest.mark.parametrize("who", ["no-certificate", "stranger"])
@@ -550,7 +646,7 @@ def test_in_flight_batch_and_size_limits(limited: ServerThread) -> None:
         thread.join()
     assert sorted(replies) == [200, 200, 429, 429]
     batch = httpx.post(
-        f"{limited.http_url}/v1/score/batch", json={"requests": [ECHO] * 9}, headers=bearer(TOKEN_B)
+        f"{limited.http_url}/v1/score/batch", json={"requests": [ECHO] * 9}, headers=bearer(TOKEN_A)
     )
     assert batch.status_code == 400 and "limit of 8 (max_batch_size)" in batch.json()["detail"]
     big = {**ECHO, "response": "x" * 4096}
@@ -559,8 +655,11 @@ def test_in_flight_batch_and_size_limits(limited: ServerThread) -> None:
     with RewardClient(limited.grpc_target, credentials=Credentials(token=TOKEN_B)) as client:
         with pytest.raises(RewardServiceError, match="limit of 2048"):
             client.score("test_echo", "x" * 4096, {"reward": 1.0})
-        with pytest.raises(RewardServiceError, match="limit of 8"):
+        with pytest.raises(RewardServiceError, match=r"limit of 2 \(max_in_flight\)"):
             client.score_batch([ECHO] * 9)
+    metrics = httpx.get(f"{limited.http_url}/metrics", headers=bearer(TOKEN_A)).text
+    for reason in ("in_flight", "too_large"):  # what this test provoked
+        assert f'reason="{reason}"' in metrics, reason
 
 
 # --------------------------------------------------------------------------- fairness

@@ -18,6 +18,8 @@ share an environment in tests and examples.)
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from typing import Any
 import grpc
 
 ENV_PREFIX = "REWARD_CLIENT_"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,18 @@ class Credentials:
             return [("grpc.ssl_target_name_override", self.server_name)]
         return []
 
+    def warn_if_exposed(self, target: str) -> None:
+        """Log a warning when the token would cross a network in clear text."""
+        if self.token and not self.uses_tls and not _is_loopback_target(target):
+            log.warning(
+                "sending a bearer token to %s without TLS: anyone on the network path can read "
+                "it (set REWARD_CLIENT_CA_FILE or REWARD_CLIENT_TLS=1)",
+                target,
+            )
+
     def channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
         """A blocking channel to ``target``."""
+        self.warn_if_exposed(target)
         tls = self.channel_credentials()
         options = [*options, *self.channel_options()]
         if tls is None:
@@ -128,11 +141,26 @@ class Credentials:
 
     def aio_channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
         """An asyncio channel to ``target``."""
+        self.warn_if_exposed(target)
         tls = self.channel_credentials()
         options = [*options, *self.channel_options()]
         if tls is None:
             return grpc.aio.insecure_channel(target, options=options)
         return grpc.aio.secure_channel(target, tls, options=options)
+
+
+def _is_loopback_target(target: str) -> bool:
+    """Whether a gRPC target (``host:port``, ``[v6]:port``, ``dns:///host:port``, ``unix:``)
+    stays on this machine."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.split("///", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def read_token(path: Path) -> str:

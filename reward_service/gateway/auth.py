@@ -38,7 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from reward_service.settings import Settings
 
@@ -46,6 +53,9 @@ log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
 BEARER = "bearer "
+# Client names: they appear in metrics labels and logs, and `cert:` is reserved for the names
+# of certificate clients that the clients file does not list.
+CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +67,14 @@ class ClientLimits:
     max_in_flight: int
     max_batch_size: int
     max_request_bytes: int
+
+    @property
+    def largest_batch(self) -> tuple[int, str]:
+        """The largest batch this client may send, and the setting that makes it so (a batch
+        above ``max_in_flight`` could never be admitted: it is refused as too large)."""
+        if self.max_in_flight and self.max_in_flight < self.max_batch_size:
+            return self.max_in_flight, "max_in_flight"
+        return self.max_batch_size, "max_batch_size"
 
     @property
     def bucket_size(self) -> float:
@@ -78,7 +96,7 @@ ANONYMOUS_NAME = "anonymous"
 class _Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rate: float | None = Field(None, ge=0)
+    rate: float | None = Field(None, ge=0, allow_inf_nan=False)
     burst: int | None = Field(None, ge=0)
     max_in_flight: int | None = Field(None, ge=0)
     max_batch_size: int | None = Field(None, gt=0)
@@ -121,7 +139,20 @@ class _ClientsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     defaults: _Limits = Field(default_factory=_Limits)
-    clients: dict[str, _ClientEntry] = Field(default_factory=dict)
+    clients: dict[str, _ClientEntry] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("clients")
+    @classmethod
+    def _names(cls, clients: dict[str, _ClientEntry]) -> dict[str, _ClientEntry]:
+        for name in clients:
+            if not CLIENT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"client name {name!r}: use 1-64 letters, digits, '_', '.', '-' (quote a "
+                    'name with dots in TOML: [clients."team.a"])'
+                )
+        if not clients:
+            raise ValueError("no clients: a clients file must name at least one")
+        return clients
 
 
 def token_digest(token: str) -> str:
@@ -165,7 +196,7 @@ class ClientRegistry:
         self.base_limits = server_limits(settings)
         self.any_certificate = settings.tls_client_ca_file is not None
         self.anonymous = Client(ANONYMOUS_NAME, self.base_limits)
-        self._mtime: float | None = None
+        self._file_identity: tuple[int, int, int] | None = None
         self._clients = self._load()
         self.enabled = bool(
             self.path is not None or self.env_tokens or settings.tls_client_ca_file is not None
@@ -213,7 +244,7 @@ class ClientRegistry:
 
     def _read_file(self, path: Path) -> _ClientsFile:
         try:
-            self._mtime = path.stat().st_mtime
+            self._file_identity = _identity(path)
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ClientsConfigError(f"cannot read the clients file {path}: {exc}") from None
@@ -225,21 +256,24 @@ class ClientRegistry:
             raise ClientsConfigError(f"clients file {path}: {_describe(exc)}") from None
 
     def reload_if_changed(self) -> bool:
-        """Read the clients file again if it changed since the last read; True if the new
-        clients are in effect. A bad file keeps the previous clients (and is logged)."""
+        """Read the clients file again if it changed since the last read (its modification
+        time, size or inode: a rewrite within one timestamp tick, or a rename over it, still
+        counts); True if the new clients are in effect. A file that does not load (a syntax
+        error, or no client at all, as a truncated file has) keeps the previous clients and
+        is logged once per change."""
         if self.path is None:
             return False
         try:
-            mtime = self.path.stat().st_mtime
+            identity = _identity(self.path)
         except OSError as exc:
             log.error("clients file %s: %s; keeping the previous clients", self.path, exc)
             return False
-        if mtime == self._mtime:
+        if identity == self._file_identity:
             return False
         try:
             self._clients = self._load()
         except ClientsConfigError as exc:
-            self._mtime = mtime  # do not log the same broken file every poll
+            self._file_identity = identity  # do not log the same broken file every poll
             log.error("%s; keeping the previous clients", exc)
             return False
         log.info("clients file %s reloaded: %d clients", self.path, self.count)
@@ -280,14 +314,11 @@ class ClientRegistry:
         return None
 
 
-CLIENT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
 def add_client(clients_file: Path, name: str, token_file: Path) -> bool:
     """Add client ``name`` with a new random token to ``clients_file`` (created if missing):
     the file gets only the token's SHA-256, the token goes to ``token_file`` (mode 0600, which
     must not exist). False, and nothing written, if the file already has that client."""
-    if not CLIENT_NAME.match(name):
+    if not CLIENT_NAME.fullmatch(name):
         raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
     text = clients_file.read_text(encoding="utf-8") if clients_file.exists() else ""
     try:
@@ -300,29 +331,41 @@ def add_client(clients_file: Path, name: str, token_file: Path) -> bool:
     descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(token + "\n")
-    entry = f'[clients.{name}]\ntoken_sha256 = "{token_digest(token)}"\n'
+    entry = f'[clients."{name}"]\ntoken_sha256 = "{token_digest(token)}"\n'
     separator = "\n" if text and not text.endswith("\n\n") else ""
     with clients_file.open("a", encoding="utf-8") as file:
         file.write(separator + entry)
     return True
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size, status.st_ino
+
+
 def _parse_env_tokens(value: str) -> dict[str, _ClientEntry]:
+    # Errors name items by position only: a swapped pair (TOKEN=name) must not print a token,
+    # and a token can look like a valid name.
     entries: dict[str, _ClientEntry] = {}
     for position, pair in enumerate((p.strip() for p in value.split(",")), start=1):
         if not pair:
             continue
         name, sep, token = pair.partition("=")
         name, token = name.strip(), token.strip()
-        if not sep or not name:
-            raise ClientsConfigError(f"REWARD_SERVICE_API_TOKENS item {position} is not NAME=TOKEN")
+        if not sep or not CLIENT_NAME.fullmatch(name):
+            raise ClientsConfigError(
+                f"REWARD_SERVICE_API_TOKENS item {position} is not NAME=TOKEN with NAME of "
+                "1-64 letters, digits, '_', '.', '-'"
+            )
         if len(token) < MIN_TOKEN_CHARS:
             raise ClientsConfigError(
-                f"REWARD_SERVICE_API_TOKENS: the token of {name!r} is shorter than "
-                f"{MIN_TOKEN_CHARS} characters"
+                f"REWARD_SERVICE_API_TOKENS item {position}: the token is shorter than "
+                f"{MIN_TOKEN_CHARS} characters (is the pair NAME=TOKEN, in that order?)"
             )
         if name in entries:
-            raise ClientsConfigError(f"REWARD_SERVICE_API_TOKENS names {name!r} twice")
+            raise ClientsConfigError(
+                f"REWARD_SERVICE_API_TOKENS item {position} repeats the name of an earlier item"
+            )
         entries[name] = _ClientEntry(token=token)
     return entries
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -36,6 +38,7 @@ from reward_service.gateway.scoring import (
 from reward_service.v1 import reward_pb2, reward_pb2_grpc
 from reward_service.verifiers.base import Status
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 STATUS_TO_PROTO = {
@@ -91,6 +94,15 @@ def _restore_ints(value: Any) -> Any:
 def request_from_proto(message: reward_pb2.ScoreRequest, client: str = "") -> ScoreRequest:
     """Translate a wire request of ``client``; :class:`InvalidRequestError` for an unparsable
     reference."""
+    try:
+        return _request_from_proto(message, client)
+    except InvalidRequestError:
+        raise
+    except (ValueError, RecursionError) as exc:  # NaN/infinity in a Struct, absurd nesting
+        raise InvalidRequestError(f"request {message.id!r} cannot be read: {exc}") from None
+
+
+def _request_from_proto(message: reward_pb2.ScoreRequest, client: str) -> ScoreRequest:
     which = message.WhichOneof("reference")
     if which is None:
         reference: dict[str, Any] = {}
@@ -197,14 +209,14 @@ def _authenticated(handler: grpc.RpcMethodHandler, access: AccessControl) -> grp
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAIL)
         _CALLER.set(client)  # type: ignore[arg-type]
 
-    if handler.response_streaming:
+    if handler.response_streaming and inspect.isasyncgenfunction(inner):
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await admitted(context)
             async for reply in inner(request, context):
                 yield reply
 
-    else:
+    else:  # a unary answer, or a stream written with context.write() (health's Watch)
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[misc]
             await admitted(context)
@@ -243,6 +255,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         size = message.ByteSize()
         limit = client.limits.max_request_bytes
         if size > limit:
+            self.access.refuse_too_large(client)
             raise InvalidRequestError(
                 f"request is {size} bytes, above the limit of {limit} (max_request_bytes)"
             )
@@ -279,11 +292,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         count = len(request.requests)
         if count == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch is empty")
-        limit = client.limits.max_batch_size
+        limit, setting = client.limits.largest_batch
         if count > limit:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch has {count} requests, above the limit of {limit} (max_batch_size)",
+                f"batch has {count} requests, above the limit of {limit} ({setting})",
             )
         requests: list[ScoreRequest] = []
         early: dict[int, ScoreResult] = {}
@@ -323,7 +336,6 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         def deliver(future: asyncio.Future[ScoreResult]) -> None:
             ready.append(future.result())
             state["in_flight"] -= 1
-            window.release()
             self.access.release(client)
             wake.set()
 
@@ -352,6 +364,10 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                     yield reward_pb2.ScoreStreamResponse(
                         results=[result_to_proto(r) for r in results]
                     )
+                    # Room again only once sent: a client that does not read its results
+                    # cannot make the stream hold more than the window.
+                    for _ in results:
+                        window.release()
                 if not state["reading"] and state["in_flight"] == 0 and not ready:
                     break
             await reader  # surfaces a broken request stream as an RPC error
@@ -365,10 +381,15 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             self._check_size(message, client)
             request = request_from_proto(message, client.name)
         except InvalidRequestError as exc:
-            future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
-            future.set_result(ScoreResult(message.id, 0.0, Status.INVALID, str(exc)))
-            return future
-        return self.scorer.submit(request, deadline)
+            detail = str(exc)
+        except Exception as exc:  # a bug must not leak the client's in-flight room
+            log.exception("could not read request %r", message.id)
+            detail = f"request could not be read: {type(exc).__name__}"
+        else:
+            return self.scorer.submit(request, deadline)
+        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+        future.set_result(ScoreResult(message.id, 0.0, Status.INVALID, detail))
+        return future
 
     async def ListDomains(  # noqa: N802
         self, request: reward_pb2.ListDomainsRequest, context: grpc.aio.ServicerContext

@@ -130,7 +130,10 @@ class AccessMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # no route speaks it: refuse before anything runs
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
         if self._is_open(scope["path"]):
@@ -156,9 +159,12 @@ class BodyLimitMiddleware:
     """Refuse request bodies above the client's ``max_request_bytes`` (``default_limit`` for
     a request without a client) with 413, before anything parses them."""
 
-    def __init__(self, app: ASGIApp, default_limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, default_limit: int, access: AccessControl | None = None
+    ) -> None:
         self.app = app
         self.default_limit = default_limit
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,6 +207,9 @@ class BodyLimitMiddleware:
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, size: int, limit: int
     ) -> None:
+        client = scope.get(CLIENT_SCOPE_KEY)
+        if self.access is not None and client is not None:
+            self.access.refuse_too_large(client)
         detail = (
             f"request body is at least {size} bytes, above the limit of {limit} (max_request_bytes)"
         )
@@ -288,9 +297,9 @@ def build_http_app(
     def batch_size_problem(client: Client, count: int) -> str | None:
         if count == 0:
             return "batch is empty"
-        limit = client.limits.max_batch_size
+        limit, setting = client.limits.largest_batch
         if count > limit:
-            return f"batch has {count} requests, above the limit of {limit} (max_batch_size)"
+            return f"batch has {count} requests, above the limit of {limit} ({setting})"
         return None
 
     async def score_admitted(
@@ -387,7 +396,7 @@ def build_http_app(
         """Prometheus metrics."""
         return Response(scorer.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return AccessMiddleware(BodyLimitMiddleware(app, settings.max_request_bytes), access)
+    return AccessMiddleware(BodyLimitMiddleware(app, settings.max_request_bytes, access), access)
 
 
 def _openrlhf_request(response: str, label: str, default_domain: str, client: str) -> ScoreRequest:

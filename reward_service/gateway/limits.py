@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from reward_service.gateway.auth import Client, ClientLimits
 
+MAX_RETRY_AFTER_S = 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -79,7 +81,7 @@ class Admission:
             allowance.refill(now)
             needed = min(float(count), limits.bucket_size)
             if allowance.tokens < needed:
-                wait = (needed - allowance.tokens) / limits.rate
+                wait = min((needed - allowance.tokens) / limits.rate, MAX_RETRY_AFTER_S)
                 return Refusal(
                     "rate",
                     f"client {client.name!r} is over its rate limit of {limits.rate:g} "
