@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -47,15 +46,16 @@ from pydantic import (
     model_validator,
 )
 
+from reward_service.queue.security import KEY_NAME, file_stamp
 from reward_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
 BEARER = "bearer "
-# Client names: they appear in metrics labels and logs, and `cert:` is reserved for the names
-# of certificate clients that the clients file does not list.
-CLIENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Client names follow the queue keys' rule (no ':', so `cert:` names of certificate clients
+# that the clients file does not list cannot collide with configured ones).
+CLIENT_NAME = KEY_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,7 @@ class ClientRegistry:
         self.base_limits = server_limits(settings)
         self.any_certificate = settings.tls_client_ca_file is not None
         self.anonymous = Client(ANONYMOUS_NAME, self.base_limits)
-        self._file_identity: tuple[int, int, int] | None = None
+        self._file_stamp: tuple[int, int, int] | None = None
         self._clients = self._load()
         self.enabled = bool(
             self.path is not None or self.env_tokens or settings.tls_client_ca_file is not None
@@ -244,7 +244,7 @@ class ClientRegistry:
 
     def _read_file(self, path: Path) -> _ClientsFile:
         try:
-            self._file_identity = _identity(path)
+            self._file_stamp = file_stamp(path)
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ClientsConfigError(f"cannot read the clients file {path}: {exc}") from None
@@ -263,17 +263,13 @@ class ClientRegistry:
         is logged once per change."""
         if self.path is None:
             return False
-        try:
-            identity = _identity(self.path)
-        except OSError as exc:
-            log.error("clients file %s: %s; keeping the previous clients", self.path, exc)
-            return False
-        if identity == self._file_identity:
+        stamp = file_stamp(self.path)
+        if stamp == self._file_stamp:
             return False
         try:
             self._clients = self._load()
         except ClientsConfigError as exc:
-            self._file_identity = identity  # do not log the same broken file every poll
+            self._file_stamp = stamp  # do not log the same broken (or vanished) file every poll
             log.error("%s; keeping the previous clients", exc)
             return False
         log.info("clients file %s reloaded: %d clients", self.path, self.count)
@@ -336,11 +332,6 @@ def add_client(clients_file: Path, name: str, token_file: Path) -> bool:
     with clients_file.open("a", encoding="utf-8") as file:
         file.write(separator + entry)
     return True
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    status = path.stat()
-    return status.st_mtime_ns, status.st_size, status.st_ino
 
 
 def _parse_env_tokens(value: str) -> dict[str, _ClientEntry]:

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from reward_service.gateway.access import UNAUTHENTICATED_DETAIL, AccessControl
-from reward_service.gateway.auth import Client, ClientRegistry
+from reward_service.gateway.auth import Client
 from reward_service.gateway.scoring import (
     InvalidRequestError,
     Scorer,
@@ -35,6 +35,7 @@ from reward_service.gateway.scoring import (
     ScoreResult,
     parse_json_object,
 )
+from reward_service.settings import Settings
 from reward_service.v1 import reward_pb2, reward_pb2_grpc
 from reward_service.verifiers.base import Status
 
@@ -408,7 +409,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         )
 
 
-def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials from the settings' certificate files (None: plaintext); with
     ``tls_client_ca_file``, clients must present a certificate signed by that CA."""
     if settings.tls_cert_file is None:
@@ -432,7 +433,7 @@ def build_grpc_server(
     certificate; returns its port."""
     settings = scorer.settings
     if access is None:
-        access = AccessControl(ClientRegistry(settings), scorer.metrics)
+        access = AccessControl.from_settings(settings, scorer.metrics)
     # Oversized messages up to twice the limit reach our handler, which names the limit;
     # beyond that gRPC itself refuses them with RESOURCE_EXHAUSTED.
     limit = 2 * settings.max_request_bytes

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reward_service.gateway.access import UNAUTHENTICATED_DETAIL, AccessControl
-from reward_service.gateway.auth import Client, ClientRegistry
+from reward_service.gateway.auth import Client
 from reward_service.gateway.limits import Refusal, retry_after_header
 from reward_service.gateway.scoring import (
     InvalidRequestError,
@@ -136,7 +136,7 @@ class AccessMiddleware:
         if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
-        if self._is_open(scope["path"]):
+        if not self.access.enabled or self._is_open(scope["path"]):
             client: Client | None = self.access.clients.anonymous
         else:
             header = dict(scope["headers"]).get(b"authorization")
@@ -226,7 +226,7 @@ def build_http_app(
     settings configure."""
     settings = scorer.settings
     if access is None:
-        access = AccessControl(ClientRegistry(settings), scorer.metrics)
+        access = AccessControl.from_settings(settings, scorer.metrics)
     app = FastAPI(
         title="reward-service",
         summary="Verifiable rewards for RL of reasoning models: math, code, STEM, "

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Names of keys, and of API clients (reward_service.gateway.auth): they show in logs and labels.
 KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_SECRET_BYTES = 16
 ENV_KEYS = "REWARD_SERVICE_QUEUE_KEYS"
@@ -107,7 +108,7 @@ class Keyring:
     @classmethod
     def from_file(cls, path: Path) -> Keyring:
         """The keys of ``path``, which :meth:`refresh` reads again when it changes."""
-        stamp = _file_stamp(path)  # before reading: a change made meanwhile is seen later
+        stamp = file_stamp(path)  # before reading: a change made meanwhile is seen later
         keyring = cls(_read_key_file(path), f"queue key file {path}")
         keyring.path, keyring._stamp = path, stamp
         return keyring
@@ -125,7 +126,7 @@ class Keyring:
         if self.path is None or now - self._checked < RELOAD_CHECK_S:
             return False
         self._checked = now
-        stamp = _file_stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp == self._stamp:
             return False
         self._stamp = stamp
@@ -175,9 +176,10 @@ class Keyring:
         return self._verify(signature, (STORED_TAG, key.encode(), result))
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
     """What changes when a file is rewritten or replaced (a Kubernetes Secret update swaps a
-    symlink: the inode changes)."""
+    symlink: the inode changes; a rewrite within one timestamp tick changes the size); None
+    when the file cannot be read. Reloaded configuration files compare it."""
     try:
         info = path.stat()
     except OSError:
