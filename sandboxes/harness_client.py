@@ -23,9 +23,10 @@ from sandboxes.base import (
 from sandboxes.protocol import (
     ChannelClosedError,
     DeadlineError,
+    FrameReader,
     encode_frame,
-    frame_ready,
     read_frame,
+    read_frame_draining,
     write_all,
 )
 
@@ -130,8 +131,10 @@ class HarnessSandbox(Sandbox):
             if submission.mode == "assert":
                 frame = encode_frame({"id": request_id, "test_code": submission.test_code})
                 write_all(self._fds["tests"], frame, deadline)
-            reply = read_frame(self._fds["control_out"], deadline)
-            verdict = self._read_verdict(request_id) if submission.mode == "assert" else None
+            # The checker's verdict may be larger than a pipe holds: read it meanwhile.
+            verdicts = FrameReader(self._fds["verdicts"])
+            reply = read_frame_draining(FrameReader(self._fds["control_out"]), [verdicts], deadline)
+            verdict = self._verdict(verdicts, request_id) if submission.mode == "assert" else None
         except DeadlineError:
             self.close()
             return SandboxResult(
@@ -163,12 +166,13 @@ class HarnessSandbox(Sandbox):
                 result.assert_error = verdict.get("error")
         return result
 
-    def _read_verdict(self, request_id: int) -> dict[str, Any] | None:
-        # The checker writes its verdict before it exits, and the harness replies after
-        # that, so the frame is already in the pipe if there is one at all.
-        fd = self._fds["verdicts"]
-        while frame_ready(fd):
-            frame = read_frame(fd, time.monotonic() + 1.0)
+    @staticmethod
+    def _verdict(verdicts: FrameReader, request_id: int) -> dict[str, Any] | None:
+        # The checker has written all it will write before the harness replies (it tells the
+        # harness after its verdict, or is dead), so what the pipe holds now is all there
+        # is; a partial frame from a checker killed mid-write is dropped with the reader.
+        verdicts.drain()
+        while (frame := verdicts.pop()) is not None:
             if frame.get("id") == request_id:
                 return frame
         return None

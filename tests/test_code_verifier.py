@@ -101,6 +101,23 @@ def test_mbpp_style_top_level_asserts(client: RewardClient) -> None:
     assert result.reward == 3 / 4 and result.metrics["tests_total"] == 4
 
 
+def test_many_failing_asserts_give_partial_credit_not_timeout(client: RewardClient) -> None:
+    # 400 verdicts with long messages are far more than a pipe holds: the worker must read
+    # them while the checker writes, or the checker blocks until the budget ends.
+    checks = "".join(f"    assert candidate({i}) == {i}, 'x' * 600\n" for i in range(400))
+    code = "def f(x):\n    return x if x % 2 else -1"
+    result = score(
+        client, fenced(code), {"assert_code": f"def check(candidate):\n{checks}", "fn_name": "f"}
+    )
+    assert (result.reward, result.status) == (0.5, "ok")
+    assert result.metrics["tests_total"] == 400
+
+
+def test_unparsable_test_code_is_reported(client: RewardClient) -> None:
+    result = score(client, fenced("def f(x):\n    return x"), {"assert_code": "assert f(1) == (1"})
+    assert result.reward == 0.0 and "the test code does not parse" in result.detail
+
+
 def test_syntax_error_scores_zero(client: RewardClient) -> None:
     result = score(client, fenced("def f(:\n  pass"), {"tests": [{"input": "", "output": ""}]})
     assert (result.reward, result.status) == (0.0, "ok")
