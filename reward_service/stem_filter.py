@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,70 +33,23 @@ from pathlib import Path
 from typing import IO, Any
 
 from reward_service.judge import Judge, JudgeError
-from reward_service.verifiers._extract import after_think, last_boxed
+from reward_service.verifiers._extract import after_think, clean_answer, stated_answer
 
 # A solution this short (and on one line) is its own final answer, e.g. "9.8 m/s^2".
 SHORT_ANSWER_MAX_CHARS = 100
-# "Answer: 5", "**Final answer:** 5", "The answer is 5." at the start of a line.
-_ANSWER_LINE_RE = re.compile(
-    r"^[\s>#*_-]*(?:(?:so|thus|therefore|hence)[\s,]+)?(?:the\s+)?(?:final\s+)?answer"
-    r"(?:\s+is\b\s*:?|\s*:)(.*)$",
-    re.I,
-)
-# "... so the final answer is 5." anywhere in a line.
-_FINAL_ANSWER_RE = re.compile(r"\bfinal\s+answer(?:\s+is\b\s*:?|\s*:)(.*)$", re.I)
-_MARKDOWN_EMPHASIS_RE = re.compile(r"\*\*|__")
-_MATH_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
-
-
-def _clean_answer(text: str) -> str:
-    """An answer without surrounding emphasis, math delimiters and a closing full stop."""
-    text = text.strip().rstrip(".").strip()
-    for opening, closing in _MATH_WRAPPERS:
-        if len(text) > len(opening) + len(closing) and text.startswith(opening):
-            if text.endswith(closing):
-                text = text[len(opening) : -len(closing)].strip()
-            break
-    return text.rstrip(".").strip()
-
-
-def answer_line(text: str) -> str | None:
-    """The answer stated on the last "Answer: ..." / "final answer is ..." line of ``text``.
-
-    Looks at lines from the end; the first that states an answer wins. "Answer:" alone on its
-    line takes the next non-empty line as its answer. ``None`` if no line states one.
-    """
-    lines = [_MARKDOWN_EMPHASIS_RE.sub("", line) for line in text.splitlines()]
-    for index in range(len(lines) - 1, -1, -1):
-        match = _ANSWER_LINE_RE.match(lines[index]) or _FINAL_ANSWER_RE.search(lines[index])
-        if match is None:
-            continue
-        answer = _clean_answer(match.group(1))
-        if not answer:
-            following = [line for line in lines[index + 1 :] if line.strip()]
-            answer = _clean_answer(following[0]) if following else ""
-        if answer:
-            return answer
-    return None
 
 
 def final_answer(text: str) -> str | None:
-    """The final answer of a solution or response, or ``None`` if none can be found.
-
-    In order: the last ``\\boxed{}`` after any ``</think>``; else the last "Answer: ..." /
-    "final answer is ..." line; else the whole text if it is short (at most
-    :data:`SHORT_ANSWER_MAX_CHARS` characters, one line), as ground truths often are.
-    """
-    text = after_think(text)
-    boxed = last_boxed(text)
-    if boxed is not None and boxed.strip():
-        return boxed.strip()
-    stated = answer_line(text)
+    """The final answer of a solution or response, or ``None`` if none can be found: the one it
+    states (:func:`~reward_service.verifiers._extract.stated_answer`, as the ``stem`` verifier
+    reads it), else the whole text if it is short (at most :data:`SHORT_ANSWER_MAX_CHARS`
+    characters, one line), as ground truths often are."""
+    stated = stated_answer(text)
     if stated:
         return stated
-    short = text.strip()
+    short = after_think(text).strip()
     if short and len(short) <= SHORT_ANSWER_MAX_CHARS and "\n" not in short:
-        return _clean_answer(short) or None
+        return clean_answer(short) or None
     return None
 
 

@@ -67,6 +67,9 @@ RULE_CASES = [
     ),
     ("answer tag", "<answer>42</answer>", {"ground_truth": "42"}, 1.0),
     ("answer line", "We find it.\nFinal answer: 0.5 mol", {"ground_truth": "0.5"}, 1.0),
+    ("answer mid-line", "It settles, so the answer is 7.2 s.", {"ground_truth": "7.2"}, 1.0),
+    ("emphasis, math", "Work...\n**Final answer:** $\\frac{1}{4}$", {"ground_truth": "0.25"}, 1.0),
+    ("answer on next line", "Answer:\n\n  12 J", {"ground_truth": "12"}, 1.0),
     ("different text, no judge", boxed("osmosis"), {"ground_truth": "diffusion"}, 0.0),
     ("no answer", "I am not sure.", {"ground_truth": "1"}, 0.0),
 ]

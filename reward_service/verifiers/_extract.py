@@ -8,6 +8,18 @@ _THINK_END = "</think>"
 # `\boxed{`, `\fbox{` and the brace-less `\boxed 5`; the name must end there (not `\boxedfoo`).
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BARE_TOKEN_RE = re.compile(r"[^\s$]+")
+# "Answer: 5", "**Final answer:** 5", "The answer is 5." at the start of a line.
+_ANSWER_LINE_RE = re.compile(
+    r"^[\s>#*_-]*(?:(?:so|thus|therefore|hence)[\s,]+)?(?:the\s+)?(?:final\s+)?answer"
+    r"(?:\s+is\b\s*:?|\s*:)(.*)$",
+    re.I,
+)
+# "... so the answer is 5.", "... final answer: 5" anywhere in a line.
+_FINAL_ANSWER_RE = re.compile(
+    r"\b(?:final\s+answer(?:\s+is\b\s*:?|\s*:)|answer\s+is\b\s*:?)(.*)$", re.I
+)
+_MARKDOWN_EMPHASIS_RE = re.compile(r"\*\*|__")
+_MATH_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
 def after_think(response: str) -> str:
@@ -84,3 +96,47 @@ def last_tagged(text: str, tag: str) -> str | None:
     if start < 0:
         return None
     return text[start + len(tag) + 2 : end].strip()
+
+
+def clean_answer(text: str) -> str:
+    """An answer without surrounding emphasis, math delimiters and a closing full stop."""
+    text = text.strip().rstrip(".").strip()
+    for opening, closing in _MATH_WRAPPERS:
+        if len(text) > len(opening) + len(closing) and text.startswith(opening):
+            if text.endswith(closing):
+                text = text[len(opening) : -len(closing)].strip()
+            break
+    return text.rstrip(".").strip()
+
+
+def answer_line(text: str) -> str | None:
+    """The answer stated on the last "Answer: ..." / "final answer is ..." line of ``text``.
+
+    Looks at lines from the end; the first that states an answer wins. "Answer:" alone on its
+    line takes the next non-empty line as its answer. ``None`` if no line states one.
+    """
+    lines = [_MARKDOWN_EMPHASIS_RE.sub("", line) for line in text.splitlines()]
+    for index in range(len(lines) - 1, -1, -1):
+        match = _ANSWER_LINE_RE.match(lines[index]) or _FINAL_ANSWER_RE.search(lines[index])
+        if match is None:
+            continue
+        answer = clean_answer(match.group(1))
+        if not answer:
+            following = [line for line in lines[index + 1 :] if line.strip()]
+            answer = clean_answer(following[0]) if following else ""
+        if answer:
+            return answer
+    return None
+
+
+def stated_answer(response: str) -> str | None:
+    """The final answer a response states after its reasoning, or ``None``.
+
+    In order: the last ``\\boxed{}``, the last ``<answer>...</answer>``, the last "Answer: ..."
+    / "final answer is ..." line (:func:`answer_line`), all after any ``</think>``.
+    """
+    text = after_think(response)
+    for found in (last_boxed(text), last_tagged(text, "answer")):
+        if found is not None and found.strip():
+            return found.strip()
+    return answer_line(text)

@@ -14,28 +14,16 @@ text after a last "answer is"/"Answer:", all after ``</think>``.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from math_verify import parse, verify
 from pydantic import Field
 
 from reward_service.judge import Judge, JudgeError
-from reward_service.verifiers._extract import after_think, last_boxed, last_tagged
+from reward_service.verifiers._extract import stated_answer
 from reward_service.verifiers._stem_rules import compare
 from reward_service.verifiers.base import Status, StrictModel, Verdict, Verifier, VerifierOptions
 from reward_service.verifiers.registry import register
-
-_ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+?)\s*$", re.I | re.M)
-
-
-def final_answer(response: str) -> str | None:
-    text = after_think(response)
-    for found in (last_boxed(text), last_tagged(text, "answer")):
-        if found is not None and found.strip():
-            return found.strip()
-    lines = _ANSWER_LINE.findall(text)
-    return lines[-1].strip().rstrip(".") if lines else None
 
 
 class StemReference(StrictModel):
@@ -97,7 +85,7 @@ class StemVerifier(Verifier):
         )
 
     def verify(self, response: str, reference: StemReference, options: StemOptions) -> Verdict:
-        answer = final_answer(response)
+        answer = stated_answer(response)
         if answer is None:
             return Verdict(0.0, detail="no final answer found")
         metrics: dict[str, Any] = {"extracted": answer}
