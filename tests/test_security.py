@@ -590,7 +590,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     digest = hashlib.sha256(TOKEN_B.encode()).hexdigest()
     path.write_text(
         f"[defaults]\nmax_batch_size = 8\n\n"
-        f'[clients.slow]\ntoken = "{TOKEN_A}"\nrate = 4.0\nburst = 4\n\n'
+        f'[clients.slow]\ntoken = "{TOKEN_A}"\nrate = 1.0\nburst = 4\n\n'
         f'[clients.narrow]\ntoken_sha256 = "{digest}"\nmax_in_flight = 2\n'
         f"max_request_bytes = 2048\n"
     )
@@ -605,7 +605,7 @@ def test_rate_limit_answers_429_and_resource_exhausted(limited: ServerThread) ->
     reply = httpx.post(url, json=ECHO, headers=bearer(TOKEN_A))
     assert reply.status_code == 429
     assert int(reply.headers["retry-after"]) >= 1
-    assert reply.json()["status"] == "error" and "rate limit of 4" in reply.json()["detail"]
+    assert reply.json()["status"] == "error" and "rate limit of 1 " in reply.json()["detail"]
     with RewardClient(
         limited.grpc_target, credentials=Credentials(token=TOKEN_A), retries=0
     ) as client:
@@ -613,7 +613,7 @@ def test_rate_limit_answers_429_and_resource_exhausted(limited: ServerThread) ->
             for _ in range(6):
                 client.score("test_echo", "r", {"reward": 1.0})
         assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-        time.sleep(1.1)  # the bucket refills: the client may call again
+        time.sleep(1.2)  # the bucket refills (1 request/s): the client may call again
         assert client.score("test_echo", "r", {"reward": 1.0}).status == "ok"
     # Another client is not affected.
     other = httpx.post(url, json=ECHO, headers=bearer(TOKEN_B))
