@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,43 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _cpu_reference_s() -> float:
+    """Seconds a fixed pure-Python loop takes now (best of 3): how fast this machine is at the
+    moment, since a shared virtual machine's speed varies from day to day."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for number in range(5_000_000):
+            total += number
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _stamp() -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_model": _machine()["cpu_model"],
+        "cpu_reference_s": _cpu_reference_s(),
+    }
+
+
+def _heading(title: str, section: dict[str, Any]) -> list[str]:
+    """A section's heading and, for sections that carry it, when it ran and how fast the
+    machine was then."""
+    lines = [f"## {title}", ""]
+    run = section.get("run")
+    if run:
+        lines += [
+            f"*Run {run['date']} on {run['cpu_model']}, where a reference pure-Python loop "
+            f"(5 million additions) took {run['cpu_reference_s']:.3f} s: the virtual machine's "
+            f"host and speed vary from day to day, so compare sections run on other days with "
+            f"that in mind.*",
+            "",
+        ]
+    return lines
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -49,15 +87,16 @@ def render(results: dict[str, Any]) -> str:
         "Written by `reward-service bench` (do not edit by hand); raw numbers in "
         "`docs/benchmarks.json`.",
         "",
-        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
-        f"{machine['platform']}; run {machine['date']}.",
+        f"Machine of the latest run ({machine['date']}): {machine['cpus']} CPUs "
+        f"({machine['cpu_model']}), Python {machine['python']}, {machine['platform']}. "
+        f"`--only` redoes some sections and keeps the others, so each section says when and on "
+        f"what it ran.",
         "",
     ]
     math = results.get("math")
     if math:
         lines += [
-            "## Math throughput: service vs direct calls",
-            "",
+            *_heading("Math throughput: service vs direct calls", math),
             f"{math['samples_per_round']} distinct samples per round (a third of them wrong "
             f"answers), median of {math['rounds']} rounds, {math['workers']} worker processes. "
             f"The service is a separate `reward-service serve` process; the client sends "
@@ -80,8 +119,7 @@ def render(results: dict[str, Any]) -> str:
     overhead = results.get("overhead")
     if overhead:
         lines += [
-            "## Gateway overhead (no-op verifier)",
-            "",
+            *_heading("Gateway overhead (no-op verifier)", overhead),
             f"A verifier that returns at once (`bench/noop_verifier.py`, registered only by "
             f"the benchmark), so the times are the service's own: transport, validation, "
             f"queue, the round trip to a worker process and back. Sequential calls from one "
@@ -106,8 +144,7 @@ def render(results: dict[str, Any]) -> str:
         verl = code.get("verl", {})
         speedup = code.get("speedup_vs_verl")
         lines += [
-            "## Code: HumanEval canonical solutions through the service",
-            "",
+            *_heading("Code: HumanEval canonical solutions through the service", code),
             f"All {code['problems']} HumanEval canonical solutions, {code['rounds']} rounds, "
             f"submitted at once on one gRPC stream to a `reward-service serve --domains code` "
             f"process with {code['workers']} workers, each running its submissions in its own "
@@ -146,8 +183,7 @@ def render(results: dict[str, Any]) -> str:
     rg = results.get("reasoning_gym")
     if rg:
         lines += [
-            "## reasoning_gym throughput: service vs the package called directly",
-            "",
+            *_heading("reasoning_gym throughput: service vs the package called directly", rg),
             f"{rg['requests']} distinct entries of {rg['tasks']} tasks with in-process scorers "
             f"(a third wrong answers), {rg['workers']} worker processes. Service: gRPC "
             f"`ScoreBatch` of {rg['batch']}, two in flight, to a `reward-service serve --domains "
@@ -167,8 +203,7 @@ def render(results: dict[str, Any]) -> str:
     if ifeval:
         ratio = ifeval["service_per_s"] / ifeval["direct_per_s"]
         lines += [
-            "## ifeval throughput: service vs the verifier called directly",
-            "",
+            *_heading("ifeval throughput: service vs the verifier called directly", ifeval),
             f"Google's published GPT-4 responses to the IFEval prompts ({ifeval['requests']} "
             f"requests), {ifeval['workers']} worker processes. Service: gRPC `ScoreBatch` of "
             f"{ifeval['batch']}, two in flight. Direct: the verifier's own function in a "
@@ -193,8 +228,7 @@ def _render_fairness(fair: dict[str, Any] | None) -> list[str]:
         return []
     phases = fair["phases"]
     lines = [
-        "## One client flooding at 10x its rate limit",
-        "",
+        *_heading("One client flooding at 10x its rate limit", fair),
         f"Two clients of one service ({fair['workers']} worker processes, a verifier that burns "
         f"{fair['spin_ms']:g} ms of CPU per sample). `steady` sends {fair['steady_rate']:g} "
         f"unary calls/s on a fixed schedule; `flood` is limited to {fair['flood_limit']:g} "
@@ -240,8 +274,7 @@ def _render_overlap(overlap: dict[str, Any] | None) -> list[str]:
     fraction = overlap["exposed_fraction"]
     fits = serial["reward_wait_s"] <= overlap["logprob_s"]
     return [
-        "## Reward overlap: what a training step still waits for",
-        "",
+        *_heading("Reward overlap: what a training step still waits for", overlap),
         f"A simulated step with verl-like timings against `reward-service serve` with "
         f"{overlap['workers']} workers (`bench/overlap.py`): {overlap['responses']:,} responses "
         f"of the distributed benchmark's domain mix finish over {overlap['generation_s']:g} s of "
@@ -296,8 +329,7 @@ def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
     mix = ", ".join(f"{domain} {100 * share:.0f}%" for domain, share in dist["mix"].items())
     lost = dist["requests"] - rem["statuses"].get("ok", 0)
     lines = [
-        "## Distributed mode: gateway + Redis + workers",
-        "",
+        *_heading("Distributed mode: gateway + Redis + workers", dist),
         f"{dist['requests']:,} requests ({mix}; code: HumanEval canonical and broken "
         f"solutions, the rest distinct or cycled samples), shuffled and streamed on one gRPC "
         f"`ScoreStream` with {dist['window']} in flight, after a warm-up pass. *Embedded*: "
@@ -380,7 +412,9 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         results.update({k: v for k, v in previous.items() if k in BENCHMARKS})
     for name in selected:
         print(f"running {name} ...", file=sys.stderr)
+        stamp = _stamp()
         results[name] = BENCHMARKS[name](args, workers)
+        results[name]["run"] = stamp
         print(json.dumps(results[name], indent=2), file=sys.stderr)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
