@@ -78,3 +78,19 @@ def test_threaded_session_has_the_same_window_deadline_and_retries(server: Serve
         with client.session(retries=1, retry_backoff_s=0.05) as session:
             assert session.submit("test_crash", "", {}).result(timeout=30).status == "error"
         assert _errors_of(server, "test_crash") - before == 2  # sent twice
+
+
+def test_threaded_session_refuses_a_duplicate_id_in_flight(server: ServerThread) -> None:
+    import pytest
+
+    from trainer.client import RewardClient
+
+    with RewardClient(server.grpc_target) as client, client.session() as session:
+        slow = session.submit("test_sleep", "", {"seconds": 0.5}, id="same")
+        with pytest.raises(ValueError, match="'same' is already in flight"):
+            session.submit("test_echo", "", {"reward": 1.0}, id="same")
+        many = [session.submit("test_echo", "", {"reward": 0.5}) for _ in range(500)]
+        assert {f.result(timeout=30).reward for f in many} == {0.5}
+        assert slow.result(timeout=30).status == "ok"
+        # Answered: the id may be used again.
+        assert session.submit("test_echo", "", {"reward": 1.0}, id="same").result(10).reward == 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import json
 import threading
 import uuid
@@ -293,6 +294,12 @@ class ScoreSession:
         )
         self._thread.start()
         self._closed = False
+        # Ids submitted and not yet answered (a duplicate is refused in the caller's thread),
+        # and requests submitted that the loop has not taken yet: they are handed over
+        # together, so that they also travel together.
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self._handover: list[tuple[reward_pb2.ScoreRequest, concurrent.futures.Future[Any]]] = []
 
         async def open_stream() -> tuple[grpc.aio.Channel, AsyncScoreSession]:
             channel = credentials.aio_channel(target, channel_options)
@@ -323,23 +330,42 @@ class ScoreSession:
         id: str | None = None,
     ) -> concurrent.futures.Future[ScoreResult]:
         """Send one request now (or when the window has room); the future resolves when its
-        result arrives."""
+        result arrives. Returns at once: the request is handed to the session's thread without
+        waiting for it (a round trip per request would cost more than the request)."""
+        request = build_request(
+            domain, response, reference, options=options, truncated=truncated, id=id
+        )
         result: concurrent.futures.Future[ScoreResult] = concurrent.futures.Future()
-
-        def copy(done: asyncio.Future[ScoreResult]) -> None:
-            if done.exception() is not None:
-                result.set_exception(done.exception())  # type: ignore[arg-type]
-            else:
-                result.set_result(done.result())
-
-        async def submit() -> None:
-            future = self._session.submit(
-                domain, response, reference, options=options, truncated=truncated, id=id
-            )
-            future.add_done_callback(copy)
-
-        self._run(submit())  # raises what submit raises (a duplicate id) in the caller
+        with self._lock:
+            if request.id in self._ids:
+                raise ValueError(f"request id {request.id!r} is already in flight")
+            self._ids.add(request.id)
+            self._handover.append((request, result))
+            first = len(self._handover) == 1
+        if first:  # else the loop is already due to take this one with the others
+            self._loop.call_soon_threadsafe(self._take_handover)
         return result
+
+    def _take_handover(self) -> None:
+        with self._lock:
+            handover, self._handover = self._handover, []
+        for request, result in handover:
+            self._session.submit_request(request).add_done_callback(
+                functools.partial(self._copy, request.id, result)
+            )
+
+    def _copy(
+        self,
+        request_id: str,
+        result: concurrent.futures.Future[ScoreResult],
+        done: asyncio.Future[ScoreResult],
+    ) -> None:
+        with self._lock:
+            self._ids.discard(request_id)
+        if done.exception() is not None:
+            result.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            result.set_result(done.result())
 
     def close(self) -> None:
         """Wait until every submitted request is answered, end the stream, stop the thread."""
@@ -629,11 +655,14 @@ class AsyncScoreSession:
     ) -> asyncio.Future[ScoreResult]:
         """Send one request now (or as soon as the window has room); the future resolves to
         its result. It raises only if the stream itself broke (:class:`RewardServiceError`)."""
+        return self.submit_request(
+            build_request(domain, response, reference, options=options, truncated=truncated, id=id)
+        )
+
+    def submit_request(self, request: reward_pb2.ScoreRequest) -> asyncio.Future[ScoreResult]:
+        """:meth:`submit` for a request already built (:func:`build_request`)."""
         if self._reader is None:
             raise RuntimeError("use the session as `async with client.session() as session`")
-        request = build_request(
-            domain, response, reference, options=options, truncated=truncated, id=id
-        )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ScoreResult] = loop.create_future()
         if self._error is not None:  # the stream is over: nobody would resolve it
