@@ -199,6 +199,9 @@ class WorkerPool:
         self._cost: dict[str, float] = {d: INITIAL_COST_ESTIMATE_S for d in self.domains}
         self._workers: list[_Worker | None] = [None] * workers
         self._restart_failures = 0
+        self._queued_gauges = (
+            {d: metrics.queued.labels(d) for d in self.domains} if metrics is not None else {}
+        )
         self._watchdog: asyncio.Task[None] | None = None
         self._ready_event: asyncio.Event | None = None
         self._startup_error: str | None = None
@@ -342,9 +345,8 @@ class WorkerPool:
                     # on with ours would send a second batch over one just sent, losing it.
                     self._on_worker_lost(worker, killed=False)
                     return
-        if self.metrics is not None:
-            for domain, queue in self._queues.items():
-                self.metrics.queued.labels(domain).set(len(queue))
+        for domain, gauge in self._queued_gauges.items():
+            gauge.set(len(self._queues[domain]))
 
     def _next_domain(self) -> str:
         while True:
