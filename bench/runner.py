@@ -51,10 +51,10 @@ def _cpu_reference_s() -> float:
     return best
 
 
-def _stamp() -> dict[str, Any]:
+def _stamp(cpu_model: str) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_model": _machine()["cpu_model"],
+        "cpu_model": cpu_model,
         "cpu_reference_s": _cpu_reference_s(),
     }
 
@@ -412,7 +412,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         results.update({k: v for k, v in previous.items() if k in BENCHMARKS})
     for name in selected:
         print(f"running {name} ...", file=sys.stderr)
-        stamp = _stamp()
+        stamp = _stamp(results["machine"]["cpu_model"])
         results[name] = BENCHMARKS[name](args, workers)
         results[name]["run"] = stamp
         print(json.dumps(results[name], indent=2), file=sys.stderr)

@@ -44,34 +44,6 @@ def write_all(fd: int, data: bytes, deadline: float) -> None:
                 raise ChannelClosedError("the sandbox closed its input") from None
 
 
-def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
-    chunks: list[bytes] = []
-    while size:
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            raise DeadlineError("the sandbox did not answer in time")
-        readable, _, _ = select.select([fd], [], [], timeout)
-        if not readable:
-            raise DeadlineError("the sandbox did not answer in time")
-        try:
-            chunk = os.read(fd, min(size, 1 << 20))
-        except BlockingIOError:
-            continue
-        if not chunk:
-            raise ChannelClosedError("the sandbox closed its output")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_frame(fd: int, deadline: float | None) -> Any:
-    """One frame from ``fd``; :class:`DeadlineError` if it does not arrive by ``deadline``."""
-    (size,) = HEADER.unpack(_read_exact(fd, HEADER.size, deadline))
-    if size > MAX_REPLY_BYTES:
-        raise ValueError(f"sandbox frame of {size} bytes is above {MAX_REPLY_BYTES}")
-    return json.loads(_read_exact(fd, size, deadline))
-
-
 class FrameReader:
     """Frames from one pipe, read in whatever pieces arrive, so that several pipes can be
     drained at once (:func:`read_frame_draining`)."""
@@ -125,3 +97,8 @@ def read_frame_draining(reader: FrameReader, others: list[FrameReader], deadline
         for fd in readable:
             watched[fd].feed()
     return frame
+
+
+def read_frame(fd: int, deadline: float) -> Any:
+    """One frame from ``fd``; :class:`DeadlineError` if it does not arrive by ``deadline``."""
+    return read_frame_draining(FrameReader(fd), [], deadline)

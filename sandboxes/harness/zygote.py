@@ -707,22 +707,20 @@ def run_assert_tests(spawner, request, limits, deadline):
     return {"timed_out": timed_out, "stderr": stderr, "checker_exit": checker_exit}
 
 
+def readable_before(fd, deadline):
+    """Whether ``fd`` has something to read (data or end of file) before ``deadline``."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    return bool(ready)
+
+
 def read_before(fd, deadline):
     """Up to one byte from ``fd``: b"" at end of file, None if nothing came by ``deadline``."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        if poller.poll(remaining * 1000):
-            return os.read(fd, 1)
+    return os.read(fd, 1) if readable_before(fd, deadline) else None
 
 
 def read_frame_before(fd, deadline):
     """A frame from ``fd``, or None if none starts arriving before ``deadline``."""
-    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-    return read_frame(fd) if ready else None
+    return read_frame(fd) if readable_before(fd, deadline) else None
 
 
 def run_call_tests(spawner, request, limits, deadline, per_test):
