@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -27,7 +28,22 @@ class ServerThread:
         self.server: RewardServer | None = None
 
     def run(self, coro: Any, timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{coro!r} still running after {timeout} s; the server's tasks:\n"
+                + self.task_stacks()
+            ) from None
+
+    def task_stacks(self) -> str:
+        """Where each of the loop's tasks waits: what a hang report needs (read from this
+        thread while the loop runs: good enough for a diagnosis)."""
+        report = io.StringIO()
+        for task in list(asyncio.all_tasks(self.loop)):
+            task.print_stack(file=report)
+        return report.getvalue()
 
     def start(self) -> ServerThread:
         self.thread.start()

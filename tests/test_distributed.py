@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from reward_service.queue.streams import (
     GROUP,
     JobMessage,
     Keys,
+    cancel_tasks,
     decode_stored,
     encode_stored,
     idempotency_key,
@@ -450,6 +452,34 @@ def test_job_message_round_trip_and_keys() -> None:
     assert base == idempotency_key("a", "math", "r", {"x": 2, "ground_truth": "1"}, {})
     assert base != idempotency_key("b", "math", "r", {"ground_truth": "1", "x": 2}, {})
     assert base != idempotency_key("a", "math", "r2", {"ground_truth": "1", "x": 2}, {})
+
+
+def test_cancel_tasks_ends_a_task_that_swallows_a_cancel() -> None:
+    """A library that swallows a cancel (redis-py 8 does, now and then) must not leave a
+    shutdown waiting forever: the cancel is repeated until the task ends."""
+    swallowed = 0
+
+    async def stubborn_loop() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    async def scenario() -> list[asyncio.Task[None]]:
+        tasks = [asyncio.create_task(stubborn_loop()), asyncio.create_task(stubborn_loop())]
+        await asyncio.sleep(0)
+        await cancel_tasks(list(tasks))
+        return tasks
+
+    started = time.monotonic()
+    tasks = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert swallowed == 1 and all(task.cancelled() for task in tasks)
+    assert time.monotonic() - started < 5
 
 
 def test_worker_refuses_to_start_without_redis_url() -> None:

@@ -66,6 +66,7 @@ DEAD_LETTER_MAXLEN = 10_000
 # A gateway's replies stream outlives a pause of its reader by this much, then expires.
 REPLIES_TTL_MS = 600_000
 MAX_BACKOFF_S = 2.0
+CANCEL_RETRY_S = 0.5  # how long a cancelled task may take to end before it is cancelled again
 # How long a process waits, at start, for Redis to tell whether its settings can work at all.
 FIRST_CONTACT_S = 5.0
 
@@ -498,9 +499,15 @@ async def backoff(what: str, exc: object, failures: int) -> None:
 
 
 async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks``, wait until they end, and empty the list."""
-    for task in tasks:
-        task.cancel()
+    """Cancel ``tasks``, wait until they end, and empty the list.
+
+    The cancel is repeated until each task has ended: redis-py can swallow one that lands
+    inside its own calls (seen with redis 8.2 on Python 3.11: a loop went on to its next sleep
+    while "cancelling"), and a single cancel then left ``stop`` waiting forever."""
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=CANCEL_RETRY_S)
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
             await task
