@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -336,6 +337,15 @@ def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | Non
     return uvloop.new_event_loop
 
 
+def freeze_startup_heap() -> None:
+    """Move everything allocated so far (modules, libraries, settings) out of the garbage
+    collector's reach. A long-lived service otherwise rescans those hundreds of thousands of
+    objects in every full collection: measured here, about half a millisecond of the gateway's
+    CPU per code request went to the collector."""
+    gc.collect()
+    gc.freeze()
+
+
 class _Service(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -345,6 +355,7 @@ async def _run_until_signalled(build: Callable[[], _Service]) -> None:
     """Build and start a service, run until SIGINT or SIGTERM, then stop it gracefully."""
     service = build()
     await service.start()
+    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

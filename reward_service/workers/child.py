@@ -12,6 +12,7 @@ stuck in C never sees the signal, which is what the parent's kill is for.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import resource
 import signal
@@ -104,6 +105,11 @@ def main(
         conn.send(("failed", traceback.format_exc()))
         return
     signal.signal(signal.SIGALRM, _on_alarm)
+    # The verifiers' libraries (sympy, reasoning-gym, ...) are hundreds of thousands of
+    # objects that never die: kept out of the collector, a full collection scans only what
+    # the batches allocate.
+    gc.collect()
+    gc.freeze()
     progress[0] = -1.0
     unavailable = {d: v.unavailable for d, v in verifiers.items() if v.unavailable}
     conn.send(("ready", os.getpid(), unavailable))
