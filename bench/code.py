@@ -16,6 +16,7 @@ from typing import Any
 from bench import humaneval
 from bench.gateway import percentile
 from bench.service import ServiceProcess
+from reward_service.verifiers._literal_checks import literal_checks
 from trainer.client import AsyncRewardClient, RewardClient
 
 VERL_SCRIPT = Path(__file__).with_name("verl_prime_code.py")
@@ -84,6 +85,7 @@ def bench_code(workers: int, quick: bool, verl_python: str | None = None) -> dic
         "rounds": rounds,
         "problems": len(problems),
         "converted_problems": len(call_requests),
+        "literal_check_problems": sum(literal_checks(p["test"]) is not None for p in problems),
         "own_run_time_total_s": sum(own.values()),
     }
     with ServiceProcess(workers=workers, extra_args=["--domains", "code"]) as service:

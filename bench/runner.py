@@ -149,13 +149,15 @@ def render(results: dict[str, Any]) -> str:
             f"submitted at once on one gRPC stream to a `reward-service serve --domains code` "
             f"process with {code['workers']} workers, each running its submissions in its own "
             f"bubblewrap sandbox (all of a submission's tests inside it). *Assertion format*: "
-            f"the original `check(candidate)` code, run in a checker process apart from the "
-            f"solution. *Call format*: the {code['converted_problems']} problems whose checks "
-            f"are all `assert candidate(args) == value`, converted to call-based tests (verl "
-            f"`prime_code`'s input/output format). Every solution scored 1.0. Latency is "
-            f"sequential single `Score` calls; overhead is that latency minus the tests' own "
-            f"run time without a sandbox in one warm interpreter (all {code['problems']} "
-            f"together: {code['own_run_time_total_s'] * 1e3:.0f} ms).",
+            f"the original `check(candidate)` code: where every check is a literal call "
+            f"({code.get('literal_check_problems', 0)} problems) the calls are made to the "
+            f"solution and compared outside the sandbox, the others run in a checker process "
+            f"apart from the solution. *Call format*: the {code['converted_problems']} "
+            f"problems whose checks are all `assert candidate(args) == value`, converted to "
+            f"call-based tests (verl `prime_code`'s input/output format). Every solution "
+            f"scored 1.0. Latency is sequential single `Score` calls; overhead is that latency "
+            f"minus the tests' own run time without a sandbox in one warm interpreter (all "
+            f"{code['problems']} together: {code['own_run_time_total_s'] * 1e3:.0f} ms).",
             "",
             "| measure | value | target |",
             "|---|---:|---|",

@@ -52,6 +52,10 @@ class Submission:
     budget_s: float = 5.0  # total wall time of all tests
     test_time_limit_s: float | None = None  # per test, within the budget
     compile_timeout_s: float = 10.0  # C++ compilation, not counted in the budget
+    # call mode: "apps" (JSON arguments; a Solution method will do; a fresh process after a
+    # crash) or "check" (literal assertion checks: tagged arguments, the top-level function
+    # only, and the tests after a crash fail, as in the checker process)
+    calls: Literal["apps", "check"] = "apps"
 
 
 @dataclass(slots=True)

@@ -118,6 +118,7 @@ class HarnessSandbox(Sandbox):
             "code": submission.code,
             "inputs": submission.inputs,
             "fn_name": submission.fn_name,
+            "calls": submission.calls,
             "entry_point": submission.entry_point,
             "budget_s": submission.budget_s,
             "test_time_limit_s": submission.test_time_limit_s,

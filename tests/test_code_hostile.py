@@ -51,6 +51,16 @@ def cpp(code: str) -> str:
 STDIO = {"tests": [{"input": "", "output": "contained"}], "time_limit_s": 1.0}
 
 
+# The second statement is not a literal check, so these tests run in the checker process;
+# each assertion case is also run with LITERAL_TESTS, which run as plain calls instead.
+CHECKER_TESTS = (
+    "def check(candidate):\n"
+    "    assert candidate(1, 2) == 3\n"
+    "    assert [candidate(1, 2)] == [3] * 1\n"
+)
+LITERAL_TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n"
+
+
 def assert_case(code: str, reference: dict | None = None):
     return {"domain": "code", "response": code, "reference": reference or STDIO}
 
@@ -372,7 +382,7 @@ CASES = [
         sys.exit(0)
     """),
             {
-                "assert_code": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+                "assert_code": CHECKER_TESTS,
                 "fn_name": "add",
             },
         ),
@@ -389,7 +399,7 @@ CASES = [
             return Anything()
     """),
             {
-                "assert_code": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+                "assert_code": CHECKER_TESTS,
                 "fn_name": "add",
             },
         ),
@@ -407,7 +417,7 @@ CASES = [
             return 0
     """),
             {
-                "assert_code": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+                "assert_code": CHECKER_TESTS,
                 "fn_name": "add",
             },
         ),
@@ -428,7 +438,7 @@ CASES = [
             return 0
     """),
             {
-                "assert_code": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+                "assert_code": CHECKER_TESTS,
                 "fn_name": "add",
             },
         ),
@@ -454,7 +464,7 @@ CASES = [
             return found if found is not None else 0
     """),
             {
-                "assert_code": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+                "assert_code": CHECKER_TESTS,
                 "fn_name": "add",
             },
         ),
@@ -470,7 +480,7 @@ CASES = [
             return a + b
     """),
             {
-                "assert_code": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+                "assert_code": CHECKER_TESTS,
                 "fn_name": "add",
             },
         ),
@@ -570,6 +580,16 @@ def _request(name: str, spec: object, server: ServerThread) -> dict:
     request["id"] = name
     return request
 
+
+CASES += [
+    (
+        f"{name}_as_calls",
+        dict(spec, reference=dict(spec["reference"], assert_code=LITERAL_TESTS)),
+        expected,
+    )
+    for name, spec, expected in list(CASES)
+    if isinstance(spec, dict) and spec["reference"].get("assert_code") == CHECKER_TESTS
+]
 
 HONEST = {
     "domain": "code",

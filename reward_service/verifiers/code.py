@@ -15,7 +15,9 @@ Three test formats, chosen by the reference:
   that name works too;
 - assertion-style (``assert_code``): HumanEval's ``check(candidate)`` (``fn_name`` is the
   candidate) or MBPP's top-level asserts; each statement of the checks that asserts something
-  about the solution is one test.
+  about the solution is one test. Checks that are all literal calls run as calls, their
+  values compared outside the sandbox (``_literal_checks.py``); the others run in a checker
+  process.
 
 Expected outputs never enter the sandbox, and assertion tests run in a process separate from
 the solution's (see ``sandboxes/harness/zygote.py``): printing "all tests passed", exiting
@@ -32,6 +34,7 @@ from pydantic import Field, model_validator
 
 from reward_service.verifiers._code_compare import call_result_matches, stdout_matches
 from reward_service.verifiers._extract import after_think, last_fenced_block
+from reward_service.verifiers._literal_checks import LiteralCheck, literal_checks
 from reward_service.verifiers.base import Status, StrictModel, Verdict, Verifier, VerifierOptions
 from reward_service.verifiers.registry import register
 from sandboxes.base import (
@@ -164,6 +167,17 @@ class CodeVerifier(Verifier):
     def _submission(
         self, code: str, language: str, reference: CodeReference, options: CodeOptions
     ) -> Submission:
+        budget_s = self.run_budget_s(reference, options, self.max_time_limit_s)
+        checks = _literal_checks_of(reference)
+        if checks is not None:
+            return Submission(
+                code=code,
+                mode="call",
+                inputs=[check.arguments for check in checks],
+                fn_name=reference.fn_name,
+                calls="check",
+                budget_s=budget_s,
+            )
         if reference.assert_code:
             mode = "assert"
         elif reference.fn_name:
@@ -178,7 +192,7 @@ class CodeVerifier(Verifier):
             fn_name=reference.fn_name,
             test_code=reference.assert_code,
             entry_point=reference.fn_name,
-            budget_s=self.run_budget_s(reference, options, self.max_time_limit_s),
+            budget_s=budget_s,
             test_time_limit_s=reference.test_time_limit_s,
             compile_timeout_s=COMPILE_TIMEOUT_S,
         )
@@ -192,7 +206,9 @@ class CodeVerifier(Verifier):
     ) -> Verdict:
         metrics: dict[str, Any] = {"run_time_s": result.elapsed_s, "language": submission.language}
         if result.compile_error is not None:
-            metrics.update(tests_passed=0, tests_total=len(reference.tests))
+            checks = _literal_checks_of(reference) if submission.calls == "check" else None
+            total = len(checks) if checks is not None else len(reference.tests)
+            metrics.update(tests_passed=0, tests_total=total)
             return Verdict(0.0, detail=f"compile error: {result.compile_error}", metrics=metrics)
         if submission.mode == "assert":
             verdicts = result.assert_verdicts or []
@@ -200,11 +216,20 @@ class CodeVerifier(Verifier):
             failures = [v.get("error") for v in verdicts if v.get("passed") is not True]
             detail = result.assert_error or (failures[0] if failures else None)
         else:
-            outcomes = [
-                self._test_passed(run, test.output, submission.mode, options)
-                for run, test in zip(result.tests, reference.tests, strict=False)
-            ]
-            passed, total = sum(outcomes), len(reference.tests)
+            if submission.calls == "check":
+                checks = _literal_checks_of(reference) or ()
+                outcomes = [
+                    run.status == "ok" and _check_passed(check, run)
+                    for run, check in zip(result.tests, checks, strict=False)
+                ]
+                total = len(checks)
+            else:
+                outcomes = [
+                    self._test_passed(run, test.output, submission.mode, options)
+                    for run, test in zip(result.tests, reference.tests, strict=False)
+                ]
+                total = len(reference.tests)
+            passed = sum(outcomes)
             failed = [i for i, ok in enumerate(outcomes) if not ok]
             detail = _first_failure(result, failed) if failed else None
         metrics.update(tests_passed=passed, tests_total=total)
@@ -230,6 +255,24 @@ class CodeVerifier(Verifier):
         except (ValueError, KeyError, TypeError):
             return False
         return call_result_matches(actual, wanted)
+
+
+def _literal_checks_of(reference: CodeReference) -> tuple[LiteralCheck, ...] | None:
+    """The assertion tests of ``reference`` as literal call checks, where they all are one
+    (HumanEval's ``check(candidate)`` with a per-test time limit keeps the checker, which
+    has no per-test limit: the reward must not depend on the path)."""
+    if reference.assert_code is None or reference.fn_name is None:
+        return None
+    if reference.test_time_limit_s is not None:
+        return None
+    return literal_checks(reference.assert_code)
+
+
+def _check_passed(check: LiteralCheck, run: TestRun) -> bool:
+    try:
+        return check.passed(decode(run.result))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return False
 
 
 def _first_failure(result: SandboxResult, failed: list[int]) -> str:

@@ -726,15 +726,23 @@ def read_frame_before(fd, deadline):
 def run_call_tests(spawner, request, limits, deadline, per_test):
     """Call-based tests: the solution is loaded once in a candidate process (as APPS/PRIME
     harnesses do) and each test calls the function through the pipe; a test that hangs or
-    kills the process gets a fresh candidate for the tests after it."""
+    kills the process gets a fresh candidate for the tests after it.
+
+    With ``"calls": "check"`` (literal assertion checks run as calls) the tests behave as in
+    the checker process instead: the arguments arrive as tagged plain data, only a top-level
+    function of that name is called, and once the candidate is gone the tests after fail."""
+    as_check = request.get("calls") == "check"
     tests, timed_out = [], False
-    candidate = None
+    candidate, gone = None, False
     for args_json in request["inputs"]:
         started = time.monotonic()
         if started >= deadline:
             timed_out = True
             break
         test_deadline = deadline if per_test is None else min(deadline, started + per_test)
+        if gone:
+            tests.append(_call_result("runtime_error", started, "the solution process is gone"))
+            continue
         if candidate is None:
             a_in_r, a_in_w = os.pipe()
             a_out_r, a_out_w = os.pipe()
@@ -754,28 +762,30 @@ def run_call_tests(spawner, request, limits, deadline, per_test):
                 error = "timeout" if hello is None else "runtime_error"
                 message = "" if hello is None else hello["error"]
                 tests.append(_call_result(error, started, message))
-                candidate = _stop(candidate)
+                candidate, gone = _stop(candidate), as_check
                 continue
         pid, to_candidate, from_candidate = candidate
         args = json.loads(args_json)
+        if not as_check:
+            args = encode(args if isinstance(args, list) else [args])
         try:
             write_frame(
                 to_candidate,
                 {
                     "name": request["fn_name"],
-                    "resolve": True,
-                    "args": encode(args if isinstance(args, list) else [args]),
+                    "resolve": not as_check,
+                    "args": args,
                     "kwargs": encode({}),
                 },
             )
             reply = read_frame_before(from_candidate, test_deadline)
         except (EOFError, OSError, ValueError):
             tests.append(_call_result("runtime_error", started, "the solution process died"))
-            candidate = _stop(candidate)
+            candidate, gone = _stop(candidate), as_check
             continue
         if reply is None:
             tests.append(_call_result("timeout", started))
-            candidate = _stop(candidate)
+            candidate, gone = _stop(candidate), as_check
             timed_out = time.monotonic() >= deadline
         elif "exception" in reply:
             message = f"{reply['exception']}: {reply['message']}"
