@@ -143,3 +143,14 @@ def test_tricky_solutions_score_the_same_on_both_paths(
         pytest.approx(reward),
         pytest.approx(reward),
     )
+
+
+def test_long_test_code_is_converted_too() -> None:
+    """Longer than what is cached: parsed each time, with the same result."""
+    test_code = "def check(candidate):\n" + "".join(
+        f"    assert candidate({i}) == {i + 1}\n" for i in range(4000)
+    )
+    assert len(test_code) > 64 * 1024
+    checks = literal_checks(test_code)
+    assert checks is not None and len(checks) == 4000 and checks[-1].expected == 4000
+    assert literal_checks(test_code) == checks

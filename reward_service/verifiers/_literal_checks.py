@@ -40,7 +40,11 @@ class LiteralCheck:
         return bool(value) == (self.kind == "truthy")
 
 
-@functools.lru_cache(maxsize=512)
+# A GRPO group sends one problem's tests with every response: parsed once per worker. Test
+# code longer than this is parsed each time rather than kept.
+CACHED_TEST_CODE_CHARS = 64 * 1024
+
+
 def literal_checks(test_code: str) -> tuple[LiteralCheck, ...] | None:
     """The tests of HumanEval-style ``test_code`` (a ``check(candidate)`` function) if every
     statement is a literal call check or a no-op, else None (run it in the checker).
@@ -49,6 +53,12 @@ def literal_checks(test_code: str) -> tuple[LiteralCheck, ...] | None:
     such as ``assert True, "..."``) must be constants, so that skipping them changes nothing;
     the module level may hold docstrings and literal assignments (HumanEval's ``METADATA``).
     """
+    if len(test_code) > CACHED_TEST_CODE_CHARS:
+        return _literal_checks(test_code)
+    return _cached_literal_checks(test_code)
+
+
+def _literal_checks(test_code: str) -> tuple[LiteralCheck, ...] | None:
     try:
         tree = ast.parse(test_code)
     except (SyntaxError, ValueError, RecursionError):
@@ -71,6 +81,9 @@ def literal_checks(test_code: str) -> tuple[LiteralCheck, ...] | None:
             return None
         found.append(check)
     return tuple(found) or None
+
+
+_cached_literal_checks = functools.lru_cache(maxsize=256)(_literal_checks)
 
 
 def _takes_candidate(function: ast.FunctionDef) -> bool:
