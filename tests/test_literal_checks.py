@@ -45,6 +45,7 @@ def test_humaneval_shaped_checks_become_calls() -> None:
         "def check(candidate):\n    assert candidate(1) is 1\n",
         "def check(candidate):\n    assert candidate(1) < 2\n",
         "def check(candidate):\n    print('checking')\n    assert candidate(1) == 1\n",
+        # no counted statement: the checker scores that as one passed test, so it keeps it
         "def check(candidate):\n    assert True\n",
         "def check(f):\n    assert f(1) == 1\n",
         "assert remove_Occ('hello', 'l') == 'heo'\n",  # MBPP style: the checker's

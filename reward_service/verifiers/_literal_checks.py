@@ -155,9 +155,10 @@ def _literal_check(statement: ast.stmt) -> LiteralCheck | None:
     if isinstance(test, ast.Compare) and len(test.ops) == 1:
         left, right = test.left, test.comparators[0]
         if isinstance(test.ops[0], ast.Eq):
-            if _call_arguments(left) is None:
-                left, right = right, left  # `value == candidate(...)`: == is symmetric here
-            arguments, expected = _call_arguments(left), _literal(right)
+            arguments = _call_arguments(left)
+            if arguments is None:  # `value == candidate(...)`: == is symmetric here
+                arguments, right = _call_arguments(right), left
+            expected = _literal(right)
             if arguments is None or expected is _NOT_LITERAL:
                 return None
             return LiteralCheck(arguments, "equals", expected)

@@ -154,7 +154,8 @@ class CodeVerifier(Verifier):
             return Verdict(0.0, detail="a C++ solution cannot be scored by Python-only tests")
         if self.sandbox is None:
             return Verdict(0.0, Status.ERROR, f"code sandbox unavailable: {self.unavailable}")
-        submission = self._submission(code, language, reference, options)
+        checks = _literal_checks_of(reference)
+        submission = self._submission(code, language, reference, options, checks)
         result = self.sandbox.run(submission)
         if result.lost is not None and not result.timed_out:
             # The sandbox died: infrastructure trouble or the submission's doing. Run it once
@@ -162,13 +163,17 @@ class CodeVerifier(Verifier):
             result = self.sandbox.run(submission)
             if result.lost is not None and not result.timed_out:
                 return Verdict(0.0, detail=f"the submission broke its sandbox: {result.lost}")
-        return self._score(result, submission, reference, options)
+        return self._score(result, submission, reference, options, checks)
 
     def _submission(
-        self, code: str, language: str, reference: CodeReference, options: CodeOptions
+        self,
+        code: str,
+        language: str,
+        reference: CodeReference,
+        options: CodeOptions,
+        checks: tuple[LiteralCheck, ...] | None,
     ) -> Submission:
         budget_s = self.run_budget_s(reference, options, self.max_time_limit_s)
-        checks = _literal_checks_of(reference)
         if checks is not None:
             return Submission(
                 code=code,
@@ -203,10 +208,11 @@ class CodeVerifier(Verifier):
         submission: Submission,
         reference: CodeReference,
         options: CodeOptions,
+        checks: tuple[LiteralCheck, ...] | None,
     ) -> Verdict:
+        """``checks``: the literal checks that ``submission`` ran as calls, if it did."""
         metrics: dict[str, Any] = {"run_time_s": result.elapsed_s, "language": submission.language}
         if result.compile_error is not None:
-            checks = _literal_checks_of(reference) if submission.calls == "check" else None
             total = len(checks) if checks is not None else len(reference.tests)
             metrics.update(tests_passed=0, tests_total=total)
             return Verdict(0.0, detail=f"compile error: {result.compile_error}", metrics=metrics)
@@ -216,8 +222,7 @@ class CodeVerifier(Verifier):
             failures = [v.get("error") for v in verdicts if v.get("passed") is not True]
             detail = result.assert_error or (failures[0] if failures else None)
         else:
-            if submission.calls == "check":
-                checks = _literal_checks_of(reference) or ()
+            if checks is not None:
                 outcomes = [
                     run.status == "ok" and _check_passed(check, run)
                     for run, check in zip(result.tests, checks, strict=False)
