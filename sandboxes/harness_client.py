@@ -150,6 +150,7 @@ class HarnessSandbox(Sandbox):
             self.close()  # interrupted mid-protocol (worker deadline): the channel is unusable
             raise
         if "harness_error" in reply:
+            self.close()  # its state is suspect: the next run starts a fresh sandbox
             return SandboxResult(lost=f"harness failure: {reply['harness_error']}")
         result = SandboxResult(
             tests=[TestRun(**test) for test in reply.get("tests", [])],

@@ -486,6 +486,62 @@ CASES = [
         ),
         0.0,
     ),
+    # --- changing the harness from outside: a process of the same uid may lower another's
+    # rlimits, nice value, scheduling policy and CPUs, and later forks would inherit them.
+    # These calls succeed; what must hold is that the next submission does not notice.
+    (
+        "lower_the_harness_memory_limit",
+        python("""
+        import os, resource
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            try:
+                if pid != os.getpid():
+                    resource.prlimit(pid, resource.RLIMIT_AS, (1 << 20, 1 << 20))
+            except (OSError, ValueError):
+                pass
+        print("contained")
+    """),
+        1.0,
+    ),
+    (
+        "lower_the_harness_process_and_file_limits",
+        python("""
+        import os, resource
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            for limit, value in (
+                (resource.RLIMIT_NOFILE, 3),
+                (resource.RLIMIT_NPROC, 0),
+                (resource.RLIMIT_CPU, 1),
+            ):
+                try:
+                    if pid != os.getpid():
+                        resource.prlimit(pid, limit, (value, value))
+                except (OSError, ValueError):
+                    pass
+        print("contained")
+    """),
+        0.0,  # the harness cannot finish this submission's tests; the next one is fine
+    ),
+    (
+        "lower_the_harness_priority",
+        python("""
+        import os
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            if pid == os.getpid():
+                continue
+            for change in (
+                lambda: os.setpriority(os.PRIO_PROCESS, pid, 19),
+                lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)),
+                lambda: os.sched_setaffinity(pid, {min(os.sched_getaffinity(0))}),
+            ):
+                try:
+                    change()
+                except OSError:
+                    pass
+        print("contained")
+    """),
+        1.0,
+    ),
     # --- C++ equivalents
     (
         "cpp_tcp_connect",
@@ -591,9 +647,16 @@ CASES += [
     if isinstance(spec, dict) and spec["reference"].get("assert_code") == CHECKER_TESTS
 ]
 
+# Answers only when it runs with the priority and scheduling policy of the service itself
+# (and, through the limits the harness sets on it, with the harness's own limits intact).
+SCHEDULING = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
 HONEST = {
     "domain": "code",
-    "response": python("print(sum(map(int, input().split())))"),
+    "response": python(f"""
+        import os
+        if (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == {SCHEDULING}:
+            print(sum(map(int, input().split())))
+    """),
     "reference": {"tests": [{"input": "2 3", "output": "5"}, {"input": "4 4", "output": "8"}]},
 }
 
@@ -610,7 +673,9 @@ def test_hostile_program_is_contained(
     [result] = client.score_batch([_request(name, spec, server)])
     assert result.reward == expected, (result.status, result.detail, result.metrics)
     assert result.status in ("ok", "timeout"), result.detail
-    [honest] = client.score_batch([HONEST])
-    assert (honest.reward, honest.status) == (1.0, "ok"), honest.detail
+    # One per worker process (two idle workers share a batch of two), so the sandbox that ran
+    # the attack is among them.
+    for honest in client.score_batch([HONEST, HONEST]):
+        assert (honest.reward, honest.status) == (1.0, "ok"), honest.detail
     assert {w.process.pid for w in server.server.queue._workers if w is not None} == pids
     assert not os.path.exists(HOST_MARKER)

@@ -30,6 +30,10 @@ Trust rules (what makes verdicts unforgeable):
 - After each submission's reply, and before the next request is read, every process the
   submission left behind is killed (``kill(-1)`` from the zygote: every process of the sandbox
   except bwrap's init and the zygote itself), and its working directory is deleted.
+- What a submission can change in the zygote from outside (the same uid may lower its rlimits,
+  nice value, scheduling policy and CPUs) would pass to every later fork: after the cleanup, and
+  again before the next submission starts, the zygote compares that state with what it was at
+  start, and exits on any change (the worker then starts a fresh sandbox).
 """
 
 import builtins
@@ -192,6 +196,33 @@ IGNORED_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
+
+
+def inheritable_state():
+    """What a process of the same uid may change in another one from outside (its rlimits with
+    ``prlimit``, its nice value, its scheduling policy, the CPUs it may run on) and what every
+    later fork inherits."""
+    limits = sorted(
+        (name, resource.getrlimit(getattr(resource, name)))
+        for name in dir(resource)
+        if name.startswith("RLIMIT_")
+    )
+    return {
+        "rlimits": dict(limits),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "policy": os.sched_getscheduler(0),
+        "cpus": sorted(os.sched_getaffinity(0)),
+    }
+
+
+def tampering(pristine):
+    """How the zygote's inheritable state differs from ``pristine`` ("" if it does not): a
+    submission that lowered our limits or priority would handicap every submission after it,
+    so the zygote then exits and the worker starts a fresh sandbox."""
+    now = inheritable_state()
+    return "; ".join(
+        f"{key} {pristine[key]} -> {now[key]}" for key in now if now[key] != pristine[key]
+    )
 
 
 def reset_signals():
@@ -1025,11 +1056,19 @@ def main():
     )
     spawner = Spawner()
     cpus = os.sched_getaffinity(0)
+    pristine = inheritable_state()
     while True:
         spawner.refill()  # while idle: the next submission starts without forking
         try:
             request = read_frame(CONTROL_IN)
         except EOFError:
+            return
+        # Checked again here: a change that landed while the last cleanup ran is seen before
+        # anything of this submission starts.
+        changed = tampering(pristine)
+        if changed:
+            error = f"the previous submission changed the harness ({changed}); restart it"
+            write_frame(CONTROL_OUT, {"id": request["id"], "harness_error": error})
             return
         spawner.cpu = current_cpu()
         workdir = f"/tmp/s{request['id']}"
@@ -1047,6 +1086,8 @@ def main():
         cleanup(workdir, own_pid_namespace, spawner)
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, cpus)  # idle again: run wherever the kernel likes
+        if tampering(pristine):
+            return  # the sandbox ends with us; the worker starts a fresh one
 
 
 if __name__ == "__main__":
