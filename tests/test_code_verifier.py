@@ -43,6 +43,14 @@ def test_stdin_stdout_partial_credit_is_exact(client: RewardClient) -> None:
     assert result.detail == "test 7: wrong output"
 
 
+def test_stdin_reads_as_in_a_python_process(client: RewardClient) -> None:
+    # `python3 solution.py < input` (what reference harnesses run) translates no newlines on
+    # input: a CRLF line keeps its "\r"; stdout goes out as written.
+    code = "import sys\nline = input()\nprint(len(line), sys.stdin.read().count('\\r'))"
+    reference = {"tests": [{"input": "ab\r\ncd\r\n", "output": "3 1"}]}
+    assert score(client, fenced(code), reference).reward == 1.0
+
+
 def test_every_test_runs_after_failures(client: RewardClient) -> None:
     code = "n = int(input())\nassert n != 1\nprint(n)"
     tests = [{"input": str(n), "output": str(n)} for n in range(1, 5)]
@@ -118,10 +126,19 @@ def test_unparsable_test_code_is_reported(client: RewardClient) -> None:
     assert result.reward == 0.0 and "the test code does not parse" in result.detail
 
 
-def test_syntax_error_scores_zero(client: RewardClient) -> None:
-    result = score(client, fenced("def f(:\n  pass"), {"tests": [{"input": "", "output": ""}]})
+@pytest.mark.parametrize(
+    "reference",
+    [
+        {"tests": [{"input": "", "output": ""}]},
+        {"fn_name": "f", "tests": [{"input": "[1]", "output": "1"}]},
+        {"fn_name": "f", "assert_code": "def check(candidate):\n    assert candidate(1) == 1\n"},
+    ],
+    ids=["stdio", "call", "literal_checks"],
+)
+def test_syntax_error_scores_zero(client: RewardClient, reference: dict) -> None:
+    result = score(client, fenced("def f(:\n  pass"), reference)
     assert (result.reward, result.status) == (0.0, "ok")
-    assert result.detail.startswith("compile error: SyntaxError")
+    assert result.detail.startswith("compile error: SyntaxError"), result.detail
 
 
 def test_total_budget_exceeded_is_timeout_with_zero(client: RewardClient) -> None:

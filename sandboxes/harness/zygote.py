@@ -40,7 +40,6 @@ import builtins
 import contextlib
 import ctypes
 import gc
-import io
 import json
 import math
 import os
@@ -230,16 +229,6 @@ def reset_signals():
         signal.signal(sig, signal.SIG_DFL)
 
 
-def fresh_std_streams():
-    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
-    sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(1, "w", closefd=False)), line_buffering=False
-    )
-    sys.stderr = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(2, "w", closefd=False)), line_buffering=True
-    )
-
-
 def current_cpu():
     try:
         return _libc.sched_getcpu()
@@ -417,7 +406,9 @@ def become(role, params, fds):
             os.dup2(err_w, 2)
             close_fds_except({0, 1, 2})
             apply_limits(params["limits"], params["deadline"] - time.monotonic() + 1)
-            fresh_std_streams()
+            # sys.stdin/stdout/stderr stay the interpreter's own over fds 0-2, now the test's
+            # pipes (the zygote never reads or writes through them): what `python3
+            # solution.py` gets, with no newline translation of the input.
             code = run_target(params["target"])
         elif role == "candidate":
             candidate_process(
@@ -534,10 +525,20 @@ def candidate_process(code, a_in, a_out, limits, deadline, cpu):
     os.dup2(err_r, 2)
     close_fds_except({0, 1, 2, a_in, a_out})
     apply_limits(limits, deadline - time.monotonic() + 1)
-    fresh_std_streams()
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
-        exec(compile(code, "solution.py", "exec"), namespace)
+        compiled = compile(code, "solution.py", "exec")
+    except (SyntaxError, ValueError) as exc:
+        write_frame(
+            a_out,
+            {
+                "error": "the solution does not compile",
+                "compile_error": f"{type(exc).__name__}: {exc}",
+            },
+        )
+        os._exit(1)
+    try:
+        exec(compiled, namespace)
     except BaseException:
         traceback.print_exc()
         write_frame(
@@ -555,28 +556,29 @@ def candidate_process(code, a_in, a_out, limits, deadline, cpu):
     )
     pin_to_cpu(cpu)  # where the checker will run too: calls hand over on one CPU
     write_frame(a_out, {"names": names})
+    # Each request names a function and lists calls to make, in order, one reply each: the
+    # checker sends one call at a time, the zygote all of a submission's calls at once.
     while True:
         try:
             request = read_frame(a_in)
         except (EOFError, OSError):
             os._exit(0)
-        try:
-            args = decode(request["args"])
-            kwargs = decode(request["kwargs"])
-            if request.get("resolve"):  # call-based tests: a function or a Solution method
-                function = resolve_callable(namespace, request["name"])
-            else:
-                function = namespace[request["name"]]
-            value = function(*args, **kwargs)
-            reply = {"value": encode(value)}
-        except SystemExit as exc:
-            reply = {"exception": "SystemExit", "message": str(exc.code)}
-        except BaseException as exc:  # the checker decides what an exception means
-            reply = {"exception": type(exc).__name__, "message": str(exc)[:500]}
-        try:
-            write_frame(a_out, reply)
-        except Exception:
-            os._exit(1)
+        for args, kwargs in request["calls"]:
+            try:
+                if request.get("resolve"):  # call-based tests: a function or a Solution method
+                    function = resolve_callable(namespace, request["name"])
+                else:
+                    function = namespace[request["name"]]
+                value = function(*decode(args), **decode(kwargs))
+                reply = {"value": encode(value)}
+            except SystemExit as exc:
+                reply = {"exception": "SystemExit", "message": str(exc.code)}
+            except BaseException as exc:  # the checker decides what an exception means
+                reply = {"exception": type(exc).__name__, "message": str(exc)[:500]}
+            try:
+                write_frame(a_out, reply)
+            except Exception:
+                os._exit(1)
 
 
 class CandidateError(Exception):
@@ -630,7 +632,7 @@ def checker_process(submission_id, a_in, a_out, done, entry_point, deadline, cpu
 
     def call(name):
         def proxy(*args, **kwargs):
-            write_frame(a_in, {"name": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
+            write_frame(a_in, {"name": name, "calls": [[encode(list(args)), encode(kwargs)]]})
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([a_out], [], [], max(0.0, remaining))
             if not ready:
@@ -761,11 +763,21 @@ def run_call_tests(spawner, request, limits, deadline, per_test):
 
     With ``"calls": "check"`` (literal assertion checks run as calls) the tests behave as in
     the checker process instead: the arguments arrive as tagged plain data, only a top-level
-    function of that name is called, and once the candidate is gone the tests after fail."""
+    function of that name is called, and once the candidate is gone the tests after fail.
+
+    Returns the reply's ``tests`` and ``timed_out`` (or its ``compile_error``: the candidate
+    compiles the code before running it, so the zygote does not compile it too)."""
     as_check = request.get("calls") == "check"
+    no_kwargs = encode({})
+    calls = []
+    for args_json in request["inputs"]:
+        args = json.loads(args_json)
+        if not as_check:
+            args = encode(args if isinstance(args, list) else [args])
+        calls.append([args, no_kwargs])
     tests, timed_out = [], False
     candidate, gone = None, False
-    for args_json in request["inputs"]:
+    while len(tests) < len(calls):
         started = time.monotonic()
         if started >= deadline:
             timed_out = True
@@ -787,29 +799,27 @@ def run_call_tests(spawner, request, limits, deadline, per_test):
             candidate = (pid, a_in_w, a_out_r)
             try:
                 hello = read_frame_before(a_out_r, test_deadline)
+                if hello is not None and "error" not in hello:
+                    # Every call still to make, in one frame: the candidate answers each in
+                    # turn without waiting for us in between.
+                    remaining = calls[len(tests) :]
+                    write_frame(
+                        a_in_w,
+                        {"name": request["fn_name"], "resolve": not as_check, "calls": remaining},
+                    )
             except (EOFError, OSError, ValueError):
                 hello = {"error": "the solution process died while loading"}
+            if hello is not None and "compile_error" in hello:
+                _stop(candidate)
+                return {"tests": [], "timed_out": False, "compile_error": hello["compile_error"]}
             if hello is None or "error" in hello:
                 error = "timeout" if hello is None else "runtime_error"
                 message = "" if hello is None else hello["error"]
                 tests.append(_call_result(error, started, message))
                 candidate, gone = _stop(candidate), as_check
                 continue
-        pid, to_candidate, from_candidate = candidate
-        args = json.loads(args_json)
-        if not as_check:
-            args = encode(args if isinstance(args, list) else [args])
         try:
-            write_frame(
-                to_candidate,
-                {
-                    "name": request["fn_name"],
-                    "resolve": not as_check,
-                    "args": args,
-                    "kwargs": encode({}),
-                },
-            )
-            reply = read_frame_before(from_candidate, test_deadline)
+            reply = read_frame_before(candidate[2], test_deadline)
         except (EOFError, OSError, ValueError):
             tests.append(_call_result("runtime_error", started, "the solution process died"))
             candidate, gone = _stop(candidate), as_check
@@ -825,7 +835,7 @@ def run_call_tests(spawner, request, limits, deadline, per_test):
             tests.append(dict(_call_result("ok", started), result=reply["value"]))
     if candidate is not None:
         _stop(candidate)
-    return tests, timed_out
+    return {"tests": tests, "timed_out": timed_out}
 
 
 def _call_result(status, started, message=""):
@@ -892,6 +902,15 @@ def compile_cpp(spawner, code, limits, compile_timeout_s):
     return (result["stderr"] or result["exit"])[-STDERR_TAIL:]
 
 
+def compile_error(code):
+    """Why ``code`` does not compile as Python (None if it does)."""
+    try:
+        compile(code, "solution.py", "exec")
+    except (SyntaxError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def run_submission(spawner, request):
     limits = request["limits"]
     started = time.monotonic()
@@ -908,20 +927,16 @@ def run_submission(spawner, request):
             reply["compile_error"] = error
             return reply
         deadline = time.monotonic() + request["budget_s"]  # compilation is not run time
-    elif mode != "assert":
-        try:
-            compile(request["code"], "solution.py", "exec")
-        except (SyntaxError, ValueError) as exc:
-            reply["compile_error"] = f"{type(exc).__name__}: {exc}"
+    elif mode == "stdio":  # once here, not in every test's process (call mode: see there)
+        reply["compile_error"] = compile_error(request["code"])
+        if reply["compile_error"] is not None:
             return reply
     if mode != "assert":
         pin_to_cpu(spawner.cpu)  # we hand the tests their input and read their output
     if mode == "assert":
         reply.update(run_assert_tests(spawner, request, limits, deadline))
     elif mode == "call":
-        reply["tests"], reply["timed_out"] = run_call_tests(
-            spawner, request, limits, deadline, per_test
-        )
+        reply.update(run_call_tests(spawner, request, limits, deadline, per_test))
     else:
         for test_input in request["inputs"]:
             now = time.monotonic()
