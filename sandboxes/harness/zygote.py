@@ -197,17 +197,15 @@ IGNORED_SIGNALS = (
 )
 
 
+RLIMITS = sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+
+
 def inheritable_state():
     """What a process of the same uid may change in another one from outside (its rlimits with
     ``prlimit``, its nice value, its scheduling policy, the CPUs it may run on) and what every
     later fork inherits."""
-    limits = sorted(
-        (name, resource.getrlimit(getattr(resource, name)))
-        for name in dir(resource)
-        if name.startswith("RLIMIT_")
-    )
     return {
-        "rlimits": dict(limits),
+        "rlimits": [resource.getrlimit(limit) for limit in RLIMITS],
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "policy": os.sched_getscheduler(0),
         "cpus": sorted(os.sched_getaffinity(0)),
@@ -219,6 +217,8 @@ def tampering(pristine):
     submission that lowered our limits or priority would handicap every submission after it,
     so the zygote then exits and the worker starts a fresh sandbox."""
     now = inheritable_state()
+    if now == pristine:
+        return ""
     return "; ".join(
         f"{key} {pristine[key]} -> {now[key]}" for key in now if now[key] != pristine[key]
     )
@@ -1087,8 +1087,11 @@ def main():
             return
         spawner.cpu = current_cpu()
         workdir = f"/tmp/s{request['id']}"
-        shutil.rmtree(workdir, ignore_errors=True)
-        os.makedirs(workdir, mode=0o700)
+        try:
+            os.mkdir(workdir, mode=0o700)
+        except FileExistsError:  # left by an earlier run, where /tmp is the host's
+            shutil.rmtree(workdir, ignore_errors=True)
+            os.mkdir(workdir, mode=0o700)
         os.chdir(workdir)
         try:
             reply = run_submission(spawner, request)
