@@ -36,11 +36,13 @@ Trust rules (what makes verdicts unforgeable):
   start, and exits on any change (the worker then starts a fresh sandbox).
 """
 
+import _signal  # signal's C core: signal.signal's enum wrapping costs a forked child page copies
 import builtins
 import contextlib
 import ctypes
 import gc
 import json
+import marshal
 import math
 import os
 import resource
@@ -78,15 +80,23 @@ def read_exact(fd, size):
     return b"".join(chunks)
 
 
-def read_frame(fd):
+def to_json(obj):
+    return json.dumps(obj).encode()
+
+
+# Frames are JSON, except where the writer is this harness's own code in this sandbox and the
+# reader too (the zygote or a checker calling the candidate, the zygote telling a spare its
+# role): there marshal, which is all C and so touches fewer of a forked process's shared pages.
+# Never marshal what a process that ran untrusted code wrote: unmarshalling bad data is unsafe.
+def read_frame(fd, loads=json.loads):
     (size,) = HEADER.unpack(read_exact(fd, HEADER.size))
     if size > MAX_FRAME:
         raise ValueError(f"frame too large: {size} bytes")
-    return json.loads(read_exact(fd, size))
+    return loads(read_exact(fd, size))
 
 
-def write_frame(fd, obj):
-    data = json.dumps(obj).encode()
+def write_frame(fd, obj, dumps=to_json):
+    data = dumps(obj)
     view = memoryview(HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
@@ -224,9 +234,12 @@ def tampering(pristine):
     )
 
 
+RESTORED_SIGNALS = [int(sig) for sig in (*IGNORED_SIGNALS, signal.SIGCHLD)]
+
+
 def reset_signals():
-    for sig in (*IGNORED_SIGNALS, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in RESTORED_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
 
 
 def current_cpu():
@@ -447,7 +460,9 @@ class Spawner:
             ours, theirs = socket.socketpair()
             pid = os.fork()
             if pid == 0:
-                ours.close()
+                # Our end stays open in the spare until its role closes every fd it does not
+                # keep, before any untrusted code runs (each role does): a close here would
+                # only cost page copies. Likewise the spare's own end below.
                 self._wait_for_role(theirs)
             theirs.close()
             self.spares.append((pid, ours))
@@ -455,7 +470,7 @@ class Spawner:
     @staticmethod
     def _wait_for_role(sock):
         try:
-            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 15, 8)
             while 0 < len(data) < HEADER.size:
                 data += sock.recv(HEADER.size)
             if not data:
@@ -467,8 +482,7 @@ class Spawner:
                 if not chunk:
                     os._exit(0)
                 data += chunk
-            sock.close()
-            message = json.loads(data)
+            message = marshal.loads(data)
         except BaseException:
             os._exit(1)
         become(message["role"], message["params"], fds)
@@ -479,7 +493,7 @@ class Spawner:
         params = dict(params, cwd=os.getcwd(), cpu=self.cpu)
         while self.spares:
             pid, sock = self.spares.pop()
-            data = json.dumps({"role": role, "params": params}).encode()
+            data = marshal.dumps({"role": role, "params": params})
             frame = HEADER.pack(len(data)) + data
             try:
                 socket.send_fds(sock, [frame[: 1 << 15]], fds)
@@ -560,7 +574,7 @@ def candidate_process(code, a_in, a_out, limits, deadline, cpu):
     # checker sends one call at a time, the zygote all of a submission's calls at once.
     while True:
         try:
-            request = read_frame(a_in)
+            request = read_frame(a_in, marshal.loads)
         except (EOFError, OSError):
             os._exit(0)
         for args, kwargs in request["calls"]:
@@ -632,7 +646,8 @@ def checker_process(submission_id, a_in, a_out, done, entry_point, deadline, cpu
 
     def call(name):
         def proxy(*args, **kwargs):
-            write_frame(a_in, {"name": name, "calls": [[encode(list(args)), encode(kwargs)]]})
+            calls = [[encode(list(args)), encode(kwargs)]]
+            write_frame(a_in, {"name": name, "calls": calls}, marshal.dumps)
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([a_out], [], [], max(0.0, remaining))
             if not ready:
@@ -806,6 +821,7 @@ def run_call_tests(spawner, request, limits, deadline, per_test):
                     write_frame(
                         a_in_w,
                         {"name": request["fn_name"], "resolve": not as_check, "calls": remaining},
+                        marshal.dumps,
                     )
             except (EOFError, OSError, ValueError):
                 hello = {"error": "the solution process died while loading"}
