@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import time
 from abc import abstractmethod
@@ -20,6 +21,7 @@ from sandboxes.base import (
     Submission,
     TestRun,
 )
+from sandboxes.harness.zygote import encode
 from sandboxes.protocol import (
     ChannelClosedError,
     DeadlineError,
@@ -45,6 +47,20 @@ def sandbox_uid() -> int:
 
 def harness_source() -> str:
     return HARNESS_SOURCE.read_text()
+
+
+def call_arguments(submission: Submission) -> list[list[Any]]:
+    """A call-mode submission's tests as the candidate takes them: [arguments, keyword
+    arguments] each, as tagged plain data (decoded and tagged here, not in the sandbox, where
+    every page the zygote touches after a fork is a page copied)."""
+    no_keywords = encode({})
+    if submission.calls == "check":  # literal checks: their arguments are tagged already
+        return [[json.loads(text), no_keywords] for text in submission.inputs]
+    calls = []
+    for text in submission.inputs:
+        value = json.loads(text)
+        calls.append([encode(value if isinstance(value, list) else [value]), no_keywords])
+    return calls
 
 
 class HarnessSandbox(Sandbox):
@@ -116,7 +132,8 @@ class HarnessSandbox(Sandbox):
             "language": submission.language,
             "mode": submission.mode,
             "code": submission.code,
-            "inputs": submission.inputs,
+            "inputs": submission.inputs if submission.mode != "call" else [],
+            "call_arguments": call_arguments(submission) if submission.mode == "call" else [],
             "fn_name": submission.fn_name,
             "calls": submission.calls,
             "entry_point": submission.entry_point,

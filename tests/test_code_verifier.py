@@ -185,6 +185,10 @@ def test_responses_without_usable_code(client: RewardClient) -> None:
         ({"tests": [{"input": "1"}], "time_limit_s": -1}, "time_limit_s"),
         ({"tests": [{"stdin": "1"}]}, "tests.0.stdin: Extra inputs are not permitted"),
         ({"assert_code": "assert f(1)", "language": "cpp"}, "Python only"),
+        (
+            {"fn_name": "f", "tests": [{"input": "[1]"}, {"input": "[1, "}]},
+            "tests[1].input is not JSON",
+        ),
     ],
 )
 def test_malformed_references_are_invalid(

@@ -94,6 +94,15 @@ class CodeReference(StrictModel):
             raise ValueError("assert_code tests are Python only")
         if self.fn_name and self.language == "cpp":
             raise ValueError("call-based tests (fn_name) are Python only")
+        if self.fn_name:
+            for index, test in enumerate(self.tests):
+                try:
+                    json.loads(test.input)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"tests[{index}].input is not JSON ({exc}); call-based tests (fn_name) "
+                        "give the arguments as a JSON list"
+                    ) from None
         return self
 
 

@@ -780,16 +780,12 @@ def run_call_tests(spawner, request, limits, deadline, per_test):
     the checker process instead: the arguments arrive as tagged plain data, only a top-level
     function of that name is called, and once the candidate is gone the tests after fail.
 
-    Returns the reply's ``tests`` and ``timed_out`` (or its ``compile_error``: the candidate
-    compiles the code before running it, so the zygote does not compile it too)."""
+    The worker sends each test's call ready to pass on (``call_arguments``: tagged arguments
+    and keyword arguments), so the zygote does no per-test decoding. Returns the reply's
+    ``tests`` and ``timed_out`` (or its ``compile_error``: the candidate compiles the code
+    before running it, so the zygote does not compile it too)."""
     as_check = request.get("calls") == "check"
-    no_kwargs = encode({})
-    calls = []
-    for args_json in request["inputs"]:
-        args = json.loads(args_json)
-        if not as_check:
-            args = encode(args if isinstance(args, list) else [args])
-        calls.append([args, no_kwargs])
+    calls = request["call_arguments"]
     tests, timed_out = [], False
     candidate, gone = None, False
     while len(tests) < len(calls):
@@ -979,8 +975,8 @@ def cleanup(workdir, own_pid_namespace, spawner):
 
     ``kill(-1)`` reaches every process we may signal, and /tmp is the host's own unless we are
     sandboxed: both are only done when this sandbox has a PID namespace (and so, with our
-    backends, a mount namespace) of its own: we are its init, or init's child. Otherwise only
-    the submission's working directory goes.
+    backends, a mount namespace) of its own: we are its init, or init's child (the submission
+    then ran in /tmp itself). Otherwise only the submission's working directory goes.
     """
     if own_pid_namespace:
         with contextlib.suppress(OSError):
@@ -1000,16 +996,17 @@ def cleanup(workdir, own_pid_namespace, spawner):
         return
     for scratch in ("/tmp", "/dev/shm"):
         try:
-            entries = os.listdir(scratch)
+            entries = list(os.scandir(scratch))
         except OSError:
             continue
-        for name in entries:
-            path = os.path.join(scratch, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 # Imported once here, so that every forked test finds them loaded: most solutions and test
@@ -1102,10 +1099,10 @@ def main():
             write_frame(CONTROL_OUT, {"id": request["id"], "harness_error": error})
             return
         spawner.cpu = current_cpu()
-        workdir = f"/tmp/s{request['id']}"
-        try:
-            os.mkdir(workdir, mode=0o700)
-        except FileExistsError:  # left by an earlier run, where /tmp is the host's
+        if own_pid_namespace:
+            workdir = "/tmp"  # this sandbox's own, emptied after every submission
+        else:  # the host's /tmp: a directory of our own in it
+            workdir = f"/tmp/s{request['id']}"
             shutil.rmtree(workdir, ignore_errors=True)
             os.mkdir(workdir, mode=0o700)
         os.chdir(workdir)
