@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import random
 import secrets
@@ -216,6 +217,44 @@ def _timed_load(target: str, requests: list[dict[str, Any]], run: str) -> tuple[
     return rate, cores
 
 
+_direct_verifier: Any = None
+
+
+def _init_direct(domain: str) -> None:
+    global _direct_verifier
+    from reward_service.verifiers.registry import get_verifier_class, load_verifiers
+
+    load_verifiers()
+    _direct_verifier = get_verifier_class(domain)()
+    _direct_verifier.setup()
+
+
+def _direct_score(request: dict[str, Any]) -> float:
+    verifier = _direct_verifier
+    reference = verifier.reference_model.model_validate(request["reference"])
+    return verifier.verify(request["response"], reference, verifier.options_model()).reward
+
+
+def _direct_rate(domain: str, requests: list[dict[str, Any]], processes: int) -> float:
+    """Requests per second of ``domain``'s verifier called directly in ``processes`` processes
+    (each with its own sandbox, for code): no gateway, no Redis, no worker main process."""
+    context = multiprocessing.get_context("forkserver")
+    with context.Pool(processes, initializer=_init_direct, initargs=(domain,)) as pool:
+        pool.map(_direct_score, requests[: 4 * processes], chunksize=1)  # all processes warm
+        started = time.perf_counter()
+        pool.map(_direct_score, requests, chunksize=4)
+        return len(requests) / (time.perf_counter() - started)
+
+
+def _direct_scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, float]:
+    """What this machine itself gives when the same work runs in two processes instead of
+    one: the ceiling of any service's scaling here (two busy cores of a virtual machine do not
+    each run as fast as one alone)."""
+    one = _direct_rate(domain, requests, 1)
+    two = _direct_rate(domain, requests, 2)
+    return {"one_process_per_s": one, "two_processes_per_s": two, "ratio": two / one}
+
+
 def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
     """Rate with one worker process, then with a second one started beside it."""
     warmup = requests[: len(requests) // 4]
@@ -239,6 +278,7 @@ def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
         "ratio": rates[2] / rates[1],
         "one_worker_busy_cores": cores[1],
         "two_workers_busy_cores": cores[2],
+        "direct": _direct_scaling(domain, requests),
     }
 
 
