@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,38 +51,54 @@ def _direct_score(item: tuple[str, str, dict[str, Any]]) -> float:
     return float(_datasets[task].score_answer(answer, entry))
 
 
-def _direct(samples: list[tuple[str, str, dict[str, Any]]], workers: int) -> float:
-    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        pool.map(_direct_score, samples, chunksize=256)  # warm-up: scorers built, caches
-        rates = []
-        for _ in range(3):
-            started = time.perf_counter()
-            pool.map(_direct_score, samples, chunksize=256)
-            rates.append(len(samples) / (time.perf_counter() - started))
-        return statistics.median(rates)
+def _service_pass(target: str, requests: list[Any], batch: int) -> float:
+    """Rewards/s of one pass over ``requests``: batches of ``batch``, two in flight."""
 
+    async def run() -> float:
+        chunks = [requests[i : i + batch] for i in range(0, len(requests), batch)]
+        async with AsyncRewardClient(target) as client:
+            gate = asyncio.Semaphore(2)
 
-async def _through_service(target: str, requests: list[Any], batch: int, rounds: int = 3) -> float:
-    """Steady-state rewards/s: one full pass to warm up (worker cost estimates, caches,
-    allocator), then the median of ``rounds`` timed passes."""
-    chunks = [requests[i : i + batch] for i in range(0, len(requests), batch)]
-    async with AsyncRewardClient(target) as client:
-        gate = asyncio.Semaphore(2)
+            async def send(chunk: list[Any]) -> None:
+                async with gate:
+                    results = await client.score_batch(chunk)
+                failed = [r for r in results if r.status != "ok"]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} requests failed, e.g. {failed[0]}")
 
-        async def send(chunk: list[Any]) -> None:
-            async with gate:
-                results = await client.score_batch(chunk)
-            failed = [r for r in results if r.status != "ok"]
-            if failed:
-                raise RuntimeError(f"{len(failed)} reasoning_gym requests failed: {failed[0]}")
-
-        await asyncio.gather(*(send(c) for c in chunks))  # warm-up
-        rates = []
-        for _ in range(rounds):
             started = time.perf_counter()
             await asyncio.gather(*(send(c) for c in chunks))
-            rates.append(len(requests) / (time.perf_counter() - started))
-        return statistics.median(rates)
+            return len(requests) / (time.perf_counter() - started)
+
+    return asyncio.run(run())
+
+
+def _pool_pass(pool: Any, function: Callable[[Any], float], items: list[Any], chunk: int) -> float:
+    """Items/s of one pass of ``function`` over ``items`` in ``pool``."""
+    started = time.perf_counter()
+    pool.map(function, items, chunksize=chunk)
+    return len(items) / (time.perf_counter() - started)
+
+
+def interleaved(
+    service_pass: Callable[[], float], direct_pass: Callable[[], float], rounds: int = 3
+) -> dict[str, float]:
+    """One warm-up pass of each (caches, cost estimates, allocators), then ``rounds`` timed
+    passes of the service and of the direct calls in turn. Taking turns matters here: this
+    virtual machine's speed drifts by tens of percent within minutes, so passes measured a
+    minute apart compare the host's moods, not the two paths. Medians of the rates, and the
+    median of the per-round ratios."""
+    service_pass()
+    direct_pass()
+    service, direct = [], []
+    for _ in range(rounds):
+        service.append(service_pass())
+        direct.append(direct_pass())
+    return {
+        "service_per_s": statistics.median(service),
+        "direct_per_s": statistics.median(direct),
+        "ratio": statistics.median(s / d for s, d in zip(service, direct, strict=True)),
+    }
 
 
 def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
@@ -94,16 +111,20 @@ def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
         )
         for task, answer, entry in samples
     ]
-    with ServiceProcess(workers=workers, extra_args=["--domains", "reasoning_gym"]) as service:
-        service_rate = asyncio.run(_through_service(service.grpc_target, requests, 256))
-    direct_rate = _direct(samples, workers)
+    with (
+        ServiceProcess(workers=workers, extra_args=["--domains", "reasoning_gym"]) as service,
+        multiprocessing.get_context("forkserver").Pool(workers) as pool,
+    ):
+        rates = interleaved(
+            lambda: _service_pass(service.grpc_target, requests, 256),
+            lambda: _pool_pass(pool, _direct_score, samples, 256),
+        )
     return {
         "workers": workers,
         "requests": len(requests),
         "tasks": len(RG_TASKS),
         "batch": 256,
-        "service_per_s": service_rate,
-        "direct_per_s": direct_rate,
+        **rates,
     }
 
 
@@ -156,20 +177,12 @@ def bench_ifeval(workers: int, quick: bool) -> dict[str, Any]:
     times: a pass of under half a second left the medians at the mercy of the host's noise."""
     samples = ifeval_samples() * (1 if quick else 4)
     requests = [build_request("ifeval", response, ref) for response, ref in samples]
-    with ServiceProcess(workers=workers, extra_args=["--domains", "ifeval"]) as service:
-        service_rate = asyncio.run(_through_service(service.grpc_target, requests, 256))
-    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        pool.map(_ifeval_direct, samples, chunksize=16)  # warm-up, as for the service
-        rates = []
-        for _ in range(3):
-            started = time.perf_counter()
-            pool.map(_ifeval_direct, samples, chunksize=16)
-            rates.append(len(samples) / (time.perf_counter() - started))
-        direct_rate = statistics.median(rates)
-    return {
-        "workers": workers,
-        "requests": len(requests),
-        "batch": 256,
-        "service_per_s": service_rate,
-        "direct_per_s": direct_rate,
-    }
+    with (
+        ServiceProcess(workers=workers, extra_args=["--domains", "ifeval"]) as service,
+        multiprocessing.get_context("forkserver").Pool(workers) as pool,
+    ):
+        rates = interleaved(
+            lambda: _service_pass(service.grpc_target, requests, 256),
+            lambda: _pool_pass(pool, _ifeval_direct, samples, 16),
+        )
+    return {"workers": workers, "requests": len(requests), "batch": 256, **rates}

@@ -98,12 +98,14 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             *_heading("Math throughput: service vs direct calls", math),
             f"{math['samples_per_round']} distinct samples per round (a third of them wrong "
-            f"answers), median of {math['rounds']} rounds, {math['workers']} worker processes. "
+            f"answers), {math['rounds']} rounds, {math['workers']} worker processes. "
             f"The service is a separate `reward-service serve` process; the client sends "
             f"gRPC `ScoreBatch` calls of {math['batch']} requests, two in flight. *Direct* runs "
             f"the same inputs in a `multiprocessing` pool of the same size, chunks of 16: "
             f"once the math verifier's own function (math-verify OR the PRM800K grader, what "
-            f"the service runs), once bare math-verify `parse`+`verify` on the response.",
+            f"the service runs), once bare math-verify `parse`+`verify` on the response. In "
+            f"each round the three paths run in turn on the same samples; rates are medians "
+            f"over the rounds, percentages the median of the rounds' ratios.",
             "",
             "| path | samples/s | service as % of it | target |",
             "|---|---:|---:|---|",
@@ -191,8 +193,9 @@ def render(results: dict[str, Any]) -> str:
             f"`ScoreBatch` of {rg['batch']}, two in flight, to a `reward-service serve --domains "
             f"reasoning_gym` process. Direct: each task's `score_answer` in a `multiprocessing` "
             f"pool of the same size, chunks of 256. Both: one warm-up pass over all entries, "
-            f"then the median of three timed passes. The scorers take microseconds, so this is "
-            f"the service's own cost per request.",
+            f"then three timed passes of each, taking turns (the host's speed drifts within "
+            f"minutes); medians. The scorers take microseconds, so this is the service's own "
+            f"cost per request.",
             "",
             "| path | rewards/s | target |",
             "|---|---:|---|",
@@ -203,14 +206,15 @@ def render(results: dict[str, Any]) -> str:
         ]
     ifeval = results.get("ifeval")
     if ifeval:
-        ratio = ifeval["service_per_s"] / ifeval["direct_per_s"]
+        ratio = ifeval.get("ratio", ifeval["service_per_s"] / ifeval["direct_per_s"])
         lines += [
             *_heading("ifeval throughput: service vs the verifier called directly", ifeval),
             f"Google's published GPT-4 responses to the IFEval prompts ({ifeval['requests']} "
             f"requests), {ifeval['workers']} worker processes. Service: gRPC `ScoreBatch` of "
             f"{ifeval['batch']}, two in flight. Direct: the verifier's own function in a "
             f"`multiprocessing` pool of the same size, chunks of 16. Both: one warm-up pass, then "
-            f"the median of three timed passes.",
+            f"three timed passes of each, taking turns (the host's speed drifts within "
+            f"minutes); rates are medians, the percentage the median of the passes' ratios.",
             "",
             "| path | rewards/s | service as % of it | target |",
             "|---|---:|---:|---|",
