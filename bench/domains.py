@@ -81,8 +81,8 @@ def _pool_pass(pool: Any, function: Callable[[Any], float], items: list[Any], ch
 
 
 def interleaved(
-    service_pass: Callable[[], float], direct_pass: Callable[[], float], rounds: int = 3
-) -> dict[str, float]:
+    service_pass: Callable[[], float], direct_pass: Callable[[], float], rounds: int
+) -> dict[str, Any]:
     """One warm-up pass of each (caches, cost estimates, allocators), then ``rounds`` timed
     passes of the service and of the direct calls in turn. Taking turns matters here: this
     virtual machine's speed drifts by tens of percent within minutes, so passes measured a
@@ -98,7 +98,31 @@ def interleaved(
         "service_per_s": statistics.median(service),
         "direct_per_s": statistics.median(direct),
         "ratio": statistics.median(s / d for s, d in zip(service, direct, strict=True)),
+        "service_rounds_per_s": service,
+        "direct_rounds_per_s": direct,
     }
+
+
+def service_vs_direct(
+    domain: str,
+    workers: int,
+    requests: list[Any],
+    function: Callable[[Any], float],
+    samples: list[Any],
+    chunk: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """:func:`interleaved` passes of ``requests`` through a ``serve --domains domain`` process
+    (batches of 256) and of ``function`` over ``samples`` in a pool, both of ``workers``."""
+    with (
+        ServiceProcess(workers=workers, extra_args=["--domains", domain]) as service,
+        multiprocessing.get_context("forkserver").Pool(workers) as pool,
+    ):
+        return interleaved(
+            lambda: _service_pass(service.grpc_target, requests, 256),
+            lambda: _pool_pass(pool, function, samples, chunk),
+            rounds,
+        )
 
 
 def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
@@ -111,19 +135,16 @@ def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
         )
         for task, answer, entry in samples
     ]
-    with (
-        ServiceProcess(workers=workers, extra_args=["--domains", "reasoning_gym"]) as service,
-        multiprocessing.get_context("forkserver").Pool(workers) as pool,
-    ):
-        rates = interleaved(
-            lambda: _service_pass(service.grpc_target, requests, 256),
-            lambda: _pool_pass(pool, _direct_score, samples, 256),
-        )
+    rounds = 3 if quick else 5
+    rates = service_vs_direct(
+        "reasoning_gym", workers, requests, _direct_score, samples, 256, rounds
+    )
     return {
         "workers": workers,
         "requests": len(requests),
         "tasks": len(RG_TASKS),
         "batch": 256,
+        "rounds": rounds,
         **rates,
     }
 
@@ -177,12 +198,6 @@ def bench_ifeval(workers: int, quick: bool) -> dict[str, Any]:
     times: a pass of under half a second left the medians at the mercy of the host's noise."""
     samples = ifeval_samples() * (1 if quick else 4)
     requests = [build_request("ifeval", response, ref) for response, ref in samples]
-    with (
-        ServiceProcess(workers=workers, extra_args=["--domains", "ifeval"]) as service,
-        multiprocessing.get_context("forkserver").Pool(workers) as pool,
-    ):
-        rates = interleaved(
-            lambda: _service_pass(service.grpc_target, requests, 256),
-            lambda: _pool_pass(pool, _ifeval_direct, samples, 16),
-        )
-    return {"workers": workers, "requests": len(requests), "batch": 256, **rates}
+    rounds = 3 if quick else 5
+    rates = service_vs_direct("ifeval", workers, requests, _ifeval_direct, samples, 16, rounds)
+    return {"workers": workers, "requests": len(requests), "batch": 256, "rounds": rounds, **rates}

@@ -193,9 +193,9 @@ def render(results: dict[str, Any]) -> str:
             f"`ScoreBatch` of {rg['batch']}, two in flight, to a `reward-service serve --domains "
             f"reasoning_gym` process. Direct: each task's `score_answer` in a `multiprocessing` "
             f"pool of the same size, chunks of 256. Both: one warm-up pass over all entries, "
-            f"then three timed passes of each, taking turns (the host's speed drifts within "
-            f"minutes); medians. The scorers take microseconds, so this is the service's own "
-            f"cost per request.",
+            f"then {rg.get('rounds', 3)} timed passes of each, taking turns (the host's speed "
+            f"drifts within seconds); medians. The scorers take microseconds, so this is the "
+            f"service's own cost per request.",
             "",
             "| path | rewards/s | target |",
             "|---|---:|---|",
@@ -213,8 +213,9 @@ def render(results: dict[str, Any]) -> str:
             f"requests), {ifeval['workers']} worker processes. Service: gRPC `ScoreBatch` of "
             f"{ifeval['batch']}, two in flight. Direct: the verifier's own function in a "
             f"`multiprocessing` pool of the same size, chunks of 16. Both: one warm-up pass, then "
-            f"three timed passes of each, taking turns (the host's speed drifts within "
-            f"minutes); rates are medians, the percentage the median of the passes' ratios.",
+            f"{ifeval.get('rounds', 3)} timed passes of each, taking turns (the host's speed "
+            f"drifts within seconds); rates are medians, the percentage the median of the "
+            f"passes' ratios.",
             "",
             "| path | rewards/s | service as % of it | target |",
             "|---|---:|---:|---|",
