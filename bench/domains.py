@@ -9,7 +9,7 @@ import json
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +51,21 @@ def _direct_score(item: tuple[str, str, dict[str, Any]]) -> float:
     return float(_datasets[task].score_answer(answer, entry))
 
 
-def _service_pass(target: str, requests: list[Any], batch: int) -> float:
+async def _service_pass(client: AsyncRewardClient, requests: list[Any], batch: int) -> float:
     """Rewards/s of one pass over ``requests``: batches of ``batch``, two in flight."""
+    chunks = [requests[i : i + batch] for i in range(0, len(requests), batch)]
+    gate = asyncio.Semaphore(2)
 
-    async def run() -> float:
-        chunks = [requests[i : i + batch] for i in range(0, len(requests), batch)]
-        async with AsyncRewardClient(target) as client:
-            gate = asyncio.Semaphore(2)
+    async def send(chunk: list[Any]) -> None:
+        async with gate:
+            results = await client.score_batch(chunk)
+        failed = [r for r in results if r.status != "ok"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} requests failed, e.g. {failed[0]}")
 
-            async def send(chunk: list[Any]) -> None:
-                async with gate:
-                    results = await client.score_batch(chunk)
-                failed = [r for r in results if r.status != "ok"]
-                if failed:
-                    raise RuntimeError(f"{len(failed)} requests failed, e.g. {failed[0]}")
-
-            started = time.perf_counter()
-            await asyncio.gather(*(send(c) for c in chunks))
-            return len(requests) / (time.perf_counter() - started)
-
-    return asyncio.run(run())
+    started = time.perf_counter()
+    await asyncio.gather(*(send(c) for c in chunks))
+    return len(requests) / (time.perf_counter() - started)
 
 
 def _pool_pass(pool: Any, function: Callable[[Any], float], items: list[Any], chunk: int) -> float:
@@ -80,19 +75,20 @@ def _pool_pass(pool: Any, function: Callable[[Any], float], items: list[Any], ch
     return len(items) / (time.perf_counter() - started)
 
 
-def interleaved(
-    service_pass: Callable[[], float], direct_pass: Callable[[], float], rounds: int
+async def interleaved(
+    service_pass: Callable[[], Awaitable[float]], direct_pass: Callable[[], float], rounds: int
 ) -> dict[str, Any]:
     """One warm-up pass of each (caches, cost estimates, allocators), then ``rounds`` timed
     passes of the service and of the direct calls in turn. Taking turns matters here: this
-    virtual machine's speed drifts by tens of percent within minutes, so passes measured a
+    virtual machine's speed drifts by tens of percent within seconds, so passes measured a
     minute apart compare the host's moods, not the two paths. Medians of the rates, and the
-    median of the per-round ratios."""
-    service_pass()
+    median of the per-round ratios. (A direct pass blocks the event loop: the service's
+    client has nothing in flight meanwhile.)"""
+    await service_pass()
     direct_pass()
     service, direct = [], []
     for _ in range(rounds):
-        service.append(service_pass())
+        service.append(await service_pass())
         direct.append(direct_pass())
     return {
         "service_per_s": statistics.median(service),
@@ -114,15 +110,20 @@ def service_vs_direct(
 ) -> dict[str, Any]:
     """:func:`interleaved` passes of ``requests`` through a ``serve --domains domain`` process
     (batches of 256) and of ``function`` over ``samples`` in a pool, both of ``workers``."""
+
+    async def run(target: str, pool: Any) -> dict[str, Any]:
+        async with AsyncRewardClient(target) as client:  # one channel for every pass
+            return await interleaved(
+                lambda: _service_pass(client, requests, 256),
+                lambda: _pool_pass(pool, function, samples, chunk),
+                rounds,
+            )
+
     with (
         ServiceProcess(workers=workers, extra_args=["--domains", domain]) as service,
         multiprocessing.get_context("forkserver").Pool(workers) as pool,
     ):
-        return interleaved(
-            lambda: _service_pass(service.grpc_target, requests, 256),
-            lambda: _pool_pass(pool, function, samples, chunk),
-            rounds,
-        )
+        return asyncio.run(run(service.grpc_target, pool))
 
 
 def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
