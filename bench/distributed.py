@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import humaneval
-from bench.domains import ifeval_samples, rg_samples
+from bench.domains import (
+    ifeval_samples,
+    rg_samples,
+    stem_samples,
+    verifier_direct,
+    warm_verifier,
+)
 from bench.gateway import percentile
 from bench.math_data import math_samples
 from bench.redis_server import RedisServer
@@ -38,35 +44,6 @@ def queue_keys() -> dict[str, str]:
     """The environment that gives a gateway and its workers one fresh queue key: distributed
     mode signs jobs and results, and the benchmark measures that cost too."""
     return {"REWARD_SERVICE_QUEUE_KEYS": f"bench={secrets.token_hex(32)}"}
-
-
-def stem_samples(count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
-    """Numeric answers with units (some off by 20%) and multiple-choice letters."""
-    rng = random.Random(seed)
-    samples = []
-    for _ in range(count):
-        wrong = rng.random() < 0.33
-        if rng.random() < 0.5:
-            value = rng.uniform(0.1, 1000) * 10 ** rng.randint(-6, 6)
-            shown = value * (1.2 if wrong else 1.001)
-            unit = rng.choice(["m/s", "J", "mol", "kg", ""])
-            samples.append(
-                (
-                    f"<think>units check out</think>The result is \\boxed{{{shown:.5g}}} {unit}",
-                    {"ground_truth": f"{value:.5g} {unit}".strip()},
-                )
-            )
-        else:
-            choices = [f"option {rng.randint(0, 10**6)}" for _ in range(4)]
-            truth = rng.randrange(4)
-            answer = (truth + 1) % 4 if wrong else truth
-            samples.append(
-                (
-                    f"<think>eliminate the others</think>Answer: {'ABCD'[answer]}",
-                    {"ground_truth": "ABCD"[truth], "choices": choices},
-                )
-            )
-    return samples
 
 
 def mixed_requests(total: int, seed: int) -> list[dict[str, Any]]:
@@ -217,32 +194,14 @@ def _timed_load(target: str, requests: list[dict[str, Any]], run: str) -> tuple[
     return rate, cores
 
 
-_direct_verifier: Any = None
-
-
-def _init_direct(domain: str) -> None:
-    global _direct_verifier
-    from reward_service.verifiers.registry import get_verifier_class, load_verifiers
-
-    load_verifiers()
-    _direct_verifier = get_verifier_class(domain)()
-    _direct_verifier.setup()
-
-
-def _direct_score(request: dict[str, Any]) -> float:
-    verifier = _direct_verifier
-    reference = verifier.reference_model.model_validate(request["reference"])
-    return verifier.verify(request["response"], reference, verifier.options_model()).reward
-
-
 def _direct_rate(domain: str, requests: list[dict[str, Any]], processes: int) -> float:
     """Requests per second of ``domain``'s verifier called directly in ``processes`` processes
     (each with its own sandbox, for code): no gateway, no Redis, no worker main process."""
     context = multiprocessing.get_context("forkserver")
-    with context.Pool(processes, initializer=_init_direct, initargs=(domain,)) as pool:
-        pool.map(_direct_score, requests[: 4 * processes], chunksize=1)  # all processes warm
+    with context.Pool(processes, initializer=warm_verifier, initargs=(domain,)) as pool:
+        pool.map(verifier_direct, requests[: 4 * processes], chunksize=1)
         started = time.perf_counter()
-        pool.map(_direct_score, requests, chunksize=4)
+        pool.map(verifier_direct, requests, chunksize=4)
         return len(requests) / (time.perf_counter() - started)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -99,6 +100,31 @@ async def interleaved(
     }
 
 
+_verifiers: dict[str, Any] = {}
+
+
+def warm_verifier(domain: str) -> Any:
+    """This process's verifier of ``domain``, made and set up on first use (also a pool
+    initializer, so that no timed pass pays for a set-up, a sandbox start included)."""
+    verifier = _verifiers.get(domain)
+    if verifier is None:
+        from reward_service.verifiers.registry import get_verifier_class, load_verifiers
+
+        load_verifiers()
+        verifier = _verifiers[domain] = get_verifier_class(domain)()
+        verifier.setup()
+    return verifier
+
+
+def verifier_direct(request: dict[str, Any]) -> float:
+    """The reward of ``request`` (a request body) from its domain's verifier called in this
+    process, as a worker would call it but without the service: the "direct" path."""
+    verifier = warm_verifier(request["domain"])
+    reference = verifier.reference_model.model_validate(request["reference"])
+    options = verifier.options_model.model_validate(request.get("options") or {})
+    return verifier.verify(request["response"], reference, options).reward
+
+
 def service_vs_direct(
     domain: str,
     workers: int,
@@ -153,7 +179,6 @@ def bench_reasoning_gym(workers: int, quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- ifeval
 
 IFEVAL_DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "ifeval"
-_ifeval: Any = None
 
 
 def ifeval_samples() -> list[tuple[str, dict[str, Any]]]:
@@ -179,20 +204,6 @@ def ifeval_samples() -> list[tuple[str, dict[str, Any]]]:
     return samples
 
 
-def _ifeval_direct(item: tuple[str, dict[str, Any]]) -> float:
-    global _ifeval
-    from reward_service.verifiers.base import VerifierOptions
-    from reward_service.verifiers.ifeval import IfevalReference, IfevalVerifier
-
-    if _ifeval is None:
-        _ifeval = IfevalVerifier()
-        _ifeval.setup()
-    response, reference = item
-    return _ifeval.verify(
-        response, IfevalReference.model_validate(reference), VerifierOptions()
-    ).reward
-
-
 def bench_ifeval(workers: int, quick: bool) -> dict[str, Any]:
     """The published GPT-4 responses (540 prompts) through the service, batches of 256, vs the
     verifier's own function in a process pool of the same size. Each pass goes over them four
@@ -200,5 +211,49 @@ def bench_ifeval(workers: int, quick: bool) -> dict[str, Any]:
     samples = ifeval_samples() * (1 if quick else 4)
     requests = [build_request("ifeval", response, ref) for response, ref in samples]
     rounds = 3 if quick else 5
-    rates = service_vs_direct("ifeval", workers, requests, _ifeval_direct, samples, 16, rounds)
+    direct = [{"domain": "ifeval", "response": r, "reference": ref} for r, ref in samples]
+    rates = service_vs_direct("ifeval", workers, requests, verifier_direct, direct, 16, rounds)
+    return {"workers": workers, "requests": len(requests), "batch": 256, "rounds": rounds, **rates}
+
+
+# ------------------------------------------------------------------------------- stem
+
+
+def stem_samples(count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """Numeric answers with units (some off by 20%) and multiple-choice letters."""
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(count):
+        wrong = rng.random() < 0.33
+        if rng.random() < 0.5:
+            value = rng.uniform(0.1, 1000) * 10 ** rng.randint(-6, 6)
+            shown = value * (1.2 if wrong else 1.001)
+            unit = rng.choice(["m/s", "J", "mol", "kg", ""])
+            samples.append(
+                (
+                    f"<think>units check out</think>The result is \\boxed{{{shown:.5g}}} {unit}",
+                    {"ground_truth": f"{value:.5g} {unit}".strip()},
+                )
+            )
+        else:
+            choices = [f"option {rng.randint(0, 10**6)}" for _ in range(4)]
+            truth = rng.randrange(4)
+            answer = (truth + 1) % 4 if wrong else truth
+            samples.append(
+                (
+                    f"<think>eliminate the others</think>Answer: {'ABCD'[answer]}",
+                    {"ground_truth": "ABCD"[truth], "choices": choices},
+                )
+            )
+    return samples
+
+
+def bench_stem(workers: int, quick: bool) -> dict[str, Any]:
+    """Rule-matched STEM answers (numbers with units, multiple choice; no judge) through the
+    service, batches of 256, vs the verifier's own function in a pool of the same size."""
+    samples = stem_samples(1000 if quick else 4000, seed=31)
+    requests = [build_request("stem", response, ref) for response, ref in samples]
+    rounds = 3 if quick else 5
+    direct = [{"domain": "stem", "response": r, "reference": ref} for r, ref in samples]
+    rates = service_vs_direct("stem", workers, requests, verifier_direct, direct, 64, rounds)
     return {"workers": workers, "requests": len(requests), "batch": 256, "rounds": rounds, **rates}

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.code import bench_code
 from bench.distributed import bench_distributed
-from bench.domains import bench_ifeval, bench_reasoning_gym
+from bench.domains import bench_ifeval, bench_reasoning_gym, bench_stem
 from bench.fairness import bench_fairness
 from bench.gateway import bench_math, bench_overhead
 from bench.overlap import bench_overlap
@@ -224,6 +224,23 @@ def render(results: dict[str, Any]) -> str:
             f"{_verdict(ratio >= 0.9)} |",
             "",
         ]
+    stem = results.get("stem")
+    if stem:
+        lines += [
+            *_heading("stem throughput: service vs the verifier called directly", stem),
+            f"{stem['requests']} answers settled by the rules (numbers with units, a third off "
+            f"by 20%; multiple-choice letters), no judge, {stem['workers']} worker processes. "
+            f"Service: gRPC `ScoreBatch` of {stem['batch']}, two in flight. Direct: the "
+            f"verifier's own function in a `multiprocessing` pool of the same size, chunks of "
+            f"64. Both: one warm-up pass, then {stem['rounds']} timed passes of each, taking "
+            f"turns; rates are medians, the percentage the median of the passes' ratios.",
+            "",
+            "| path | rewards/s | service as % of it |",
+            "|---|---:|---:|",
+            f"| service | {stem['service_per_s']:.0f} | |",
+            f"| direct | {stem['direct_per_s']:.0f} | {100 * stem['ratio']:.0f}% |",
+            "",
+        ]
     lines += _render_distributed(results.get("distributed"))
     lines += _render_overlap(results.get("overlap"))
     lines += _render_fairness(results.get("fairness"))
@@ -408,6 +425,7 @@ BENCHMARKS = {
     "code": lambda args, workers: bench_code(workers, args.quick, args.verl_python),
     "reasoning_gym": lambda args, workers: bench_reasoning_gym(workers, args.quick),
     "ifeval": lambda args, workers: bench_ifeval(workers, args.quick),
+    "stem": lambda args, workers: bench_stem(workers, args.quick),
     "distributed": lambda args, workers: bench_distributed(workers, args.quick),
     "overlap": lambda args, workers: bench_overlap(workers, args.quick),
     "fairness": lambda args, workers: bench_fairness(workers, args.quick),

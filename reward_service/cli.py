@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run the benchmarks and write docs/benchmarks.md.",
         description="Run the benchmarks (math throughput vs direct math-verify, gateway "
         "overhead over gRPC unary, gRPC stream and HTTP, code sandbox throughput and overhead "
-        "on HumanEval, reasoning_gym and ifeval throughput vs direct scoring, distributed mode "
+        "on HumanEval, reasoning_gym, ifeval and stem throughput vs direct scoring, distributed "
+        "mode "
         "under a 100,000-request mixed load and its scaling, how much reward time a "
         "training step still waits for when responses are streamed, and how much one client "
         "flooding at 10x its rate limit slows another) and write the results as a Markdown "
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         help="Comma-separated benchmarks to run (math, overhead, code, reasoning_gym, ifeval, "
-        "distributed, overlap, fairness); default: all.",
+        "stem, distributed, overlap, fairness); default: all.",
     )
     bench.add_argument(
         "--verl-python",
