@@ -25,6 +25,7 @@ from bench import humaneval
 from bench.domains import (
     ifeval_samples,
     rg_samples,
+    score_batches,
     stem_samples,
     verifier_direct,
     warm_verifier,
@@ -33,7 +34,7 @@ from bench.gateway import percentile
 from bench.math_data import math_samples
 from bench.redis_server import RedisServer
 from bench.service import ServiceProcess
-from trainer.client import AsyncRewardClient, RewardClient
+from trainer.client import AsyncRewardClient, RewardClient, build_request
 
 # Shares of the mixed load (roughly the reference recipe's training mix, by samples).
 MIX = {"math": 0.25, "code": 0.10, "stem": 0.15, "reasoning_gym": 0.35, "ifeval": 0.15}
@@ -185,10 +186,22 @@ def _cpu_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def _timed_load(target: str, requests: list[dict[str, Any]], run: str) -> tuple[float, float]:
-    """(requests/s, CPU cores kept busy on the whole machine meanwhile)."""
+def _batch_pass(target: str, requests: list[dict[str, Any]], run: str) -> tuple[float, float]:
+    """(requests/s, CPU cores kept busy on the whole machine meanwhile) of one pass of
+    ``requests`` as ``ScoreBatch`` calls of 256, two in flight, as a trainer scoring whole
+    batches sends them. Ids get the prefix ``run``: a request sent again under the same id
+    would be answered from the result Redis keeps for retries, not scored."""
+    bodies = [
+        build_request(r["domain"], r["response"], r["reference"], id=f"{run}/{r['id']}")
+        for r in requests
+    ]
+
+    async def one_pass() -> float:
+        async with AsyncRewardClient(target) as client:
+            return await score_batches(client, bodies, 256)
+
     busy_before, total_before = _cpu_jiffies()
-    rate = asyncio.run(run_load(target, requests, run))["per_s"]
+    rate = asyncio.run(one_pass())
     busy_after, total_after = _cpu_jiffies()
     cores = (os.cpu_count() or 1) * (busy_after - busy_before) / (total_after - total_before)
     return rate, cores
@@ -215,10 +228,9 @@ def _direct_scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, fl
 
 
 def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rate with one worker process, then with a second one started beside it."""
-    warmup = requests[: len(requests) // 4]
-    rates = {}
-    cores = {}
+    """Rate with one worker process, with a second one started beside it, and with one again
+    once the second has stopped: the one-worker rate is the mean of the passes before and
+    after, so that a drift of the host's speed does not fall on one side of the ratio."""
     with RedisServer() as redis_server:
         extra = ["--redis-url", redis_server.url, "--domains", domain]
         keys = queue_keys()
@@ -226,17 +238,21 @@ def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
             ServiceProcess(workers=1, extra_args=extra, env=keys) as gateway,
             ServiceProcess(workers=1, extra_args=extra, command="worker", env=keys),
         ):
-            asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up-1"))
-            rates[1], cores[1] = _timed_load(gateway.grpc_target, requests, "one")
+            target = gateway.grpc_target
+            _batch_pass(target, requests, "warm-up-1")
+            before = _batch_pass(target, requests, "one")
             with ServiceProcess(workers=1, extra_args=extra, command="worker", env=keys):
-                asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up-2"))
-                rates[2], cores[2] = _timed_load(gateway.grpc_target, requests, "two")
+                _batch_pass(target, requests[: len(requests) // 4], "warm-up-2")
+                two, two_cores = _batch_pass(target, requests, "two")
+            after = _batch_pass(target, requests, "one-again")
+    one, one_cores = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     return {
-        "one_worker_per_s": rates[1],
-        "two_workers_per_s": rates[2],
-        "ratio": rates[2] / rates[1],
-        "one_worker_busy_cores": cores[1],
-        "two_workers_busy_cores": cores[2],
+        "one_worker_per_s": one,
+        "one_worker_passes_per_s": [before[0], after[0]],
+        "two_workers_per_s": two,
+        "ratio": two / one,
+        "one_worker_busy_cores": one_cores,
+        "two_workers_busy_cores": two_cores,
         "direct": _direct_scaling(domain, requests),
     }
 

@@ -52,7 +52,7 @@ def _direct_score(item: tuple[str, str, dict[str, Any]]) -> float:
     return float(_datasets[task].score_answer(answer, entry))
 
 
-async def _service_pass(client: AsyncRewardClient, requests: list[Any], batch: int) -> float:
+async def score_batches(client: AsyncRewardClient, requests: list[Any], batch: int) -> float:
     """Rewards/s of one pass over ``requests``: batches of ``batch``, two in flight."""
     chunks = [requests[i : i + batch] for i in range(0, len(requests), batch)]
     gate = asyncio.Semaphore(2)
@@ -140,7 +140,7 @@ def service_vs_direct(
     async def run(target: str, pool: Any) -> dict[str, Any]:
         async with AsyncRewardClient(target) as client:  # one channel for every pass
             return await interleaved(
-                lambda: _service_pass(client, requests, 256),
+                lambda: score_batches(client, requests, 256),
                 lambda: _pool_pass(pool, function, samples, chunk),
                 rounds,
             )

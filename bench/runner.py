@@ -386,7 +386,11 @@ def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
         f"(+{unary['distributed'] - unary['embedded']:.2f} ms for the two Redis hops).",
         "",
         "Scaling out: the gateway and Redis, then one `reward-service worker --concurrency 1`, "
-        "then a second one beside it (same consumer group). *Busy cores*: CPU time of the "
+        "then a second one beside it (same consumer group), then the first alone again; the "
+        "client sends `ScoreBatch` calls of 256, two in flight (as in the math section), and "
+        "the one-worker rate is the mean of the passes before and after the two-worker pass, "
+        "so that the host's drift does not fall on one side of the ratio. *Busy cores*: CPU "
+        "time of the "
         "whole machine (gateway, Redis, workers, sandboxes, client) over the run, from "
         "`/proc/stat`. With one worker the machine is already more than one core busy: the "
         "gateway, Redis, the worker's main process and the client spend about 1.5 ms of CPU "
