@@ -36,7 +36,7 @@ Trust rules (what makes verdicts unforgeable):
   start, and exits on any change (the worker then starts a fresh sandbox).
 """
 
-import _signal  # signal's C core: signal.signal's enum wrapping costs a forked child page copies
+import _signal  # signal's C core: signal.signal's enum wrapping makes a forked child copy pages
 import builtins
 import contextlib
 import ctypes
