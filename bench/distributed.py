@@ -24,6 +24,7 @@ from typing import Any
 from bench import humaneval
 from bench.domains import (
     ifeval_samples,
+    pool_pass,
     rg_samples,
     score_batches,
     stem_samples,
@@ -213,9 +214,7 @@ def _direct_rate(domain: str, requests: list[dict[str, Any]], processes: int) ->
     context = multiprocessing.get_context("forkserver")
     with context.Pool(processes, initializer=warm_verifier, initargs=(domain,)) as pool:
         pool.map(verifier_direct, requests[: 4 * processes], chunksize=1)
-        started = time.perf_counter()
-        pool.map(verifier_direct, requests, chunksize=4)
-        return len(requests) / (time.perf_counter() - started)
+        return pool_pass(pool, verifier_direct, requests, 4)
 
 
 def _direct_scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, float]:

@@ -69,7 +69,7 @@ async def score_batches(client: AsyncRewardClient, requests: list[Any], batch: i
     return len(requests) / (time.perf_counter() - started)
 
 
-def _pool_pass(pool: Any, function: Callable[[Any], float], items: list[Any], chunk: int) -> float:
+def pool_pass(pool: Any, function: Callable[[Any], float], items: list[Any], chunk: int) -> float:
     """Items/s of one pass of ``function`` over ``items`` in ``pool``."""
     started = time.perf_counter()
     pool.map(function, items, chunksize=chunk)
@@ -141,7 +141,7 @@ def service_vs_direct(
         async with AsyncRewardClient(target) as client:  # one channel for every pass
             return await interleaved(
                 lambda: score_batches(client, requests, 256),
-                lambda: _pool_pass(pool, function, samples, chunk),
+                lambda: pool_pass(pool, function, samples, chunk),
                 rounds,
             )
 

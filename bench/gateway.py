@@ -11,11 +11,10 @@ from typing import Any
 
 import httpx
 
+from bench.domains import pool_pass, verifier_direct, warm_verifier
 from bench.math_data import math_samples
 from bench.service import ServiceProcess
 from trainer.client import AsyncRewardClient, RewardClient
-
-_verifier: Any = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -26,42 +25,35 @@ def percentile(values: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------- direct calls
 
 
-def _init_direct(kind: str) -> None:
-    global _verifier
-    if kind == "verifier":
-        from reward_service.verifiers.math import MathVerifier
-
-        _verifier = MathVerifier()
-        _verifier.setup()
-    else:
-        import math_verify
-
-        math_verify.verify(math_verify.parse("$1$"), math_verify.parse("$1$"))
-
-
-def _direct_call(args: tuple[str, str, str]) -> float:
-    kind, response, truth = args
-    if kind == "verifier":
-        from reward_service.verifiers.base import VerifierOptions
-        from reward_service.verifiers.math import MathReference
-
-        verdict = _verifier.verify(response, MathReference(ground_truth=truth), VerifierOptions())
-        return verdict.reward
+def _init_math_verify() -> None:
     import math_verify
 
+    math_verify.verify(math_verify.parse("$1$"), math_verify.parse("$1$"))
+
+
+def _bare_math_verify(sample: tuple[str, str]) -> float:
+    import math_verify
+
+    response, truth = sample
     gold = math_verify.parse(f"${truth}$")
-    answer = math_verify.parse(response)
-    return 1.0 if math_verify.verify(gold, answer) else 0.0
+    return 1.0 if math_verify.verify(gold, math_verify.parse(response)) else 0.0
 
 
 def direct_throughput(kind: str, samples: list[tuple[str, str]], workers: int) -> float:
-    """Samples per second of ``kind`` ("verifier" or "math-verify") in a plain process pool."""
+    """Samples per second of ``kind`` in a plain process pool: "verifier" (the math
+    verifier's own function) or "math-verify" (bare ``parse`` + ``verify``)."""
+    items: list[Any]
+    if kind == "verifier":
+        items = [
+            {"domain": "math", "response": r, "reference": {"ground_truth": t}} for r, t in samples
+        ]
+        function, initializer, initargs = verifier_direct, warm_verifier, ("math",)
+    else:
+        items, function, initializer, initargs = samples, _bare_math_verify, _init_math_verify, ()
     context = multiprocessing.get_context("forkserver")
-    with context.Pool(workers, initializer=_init_direct, initargs=(kind,)) as pool:
-        pool.map(_direct_call, [(kind, "$1$", "1")] * workers)  # all processes up
-        started = time.perf_counter()
-        pool.map(_direct_call, [(kind, r, t) for r, t in samples], chunksize=16)
-        return len(samples) / (time.perf_counter() - started)
+    with context.Pool(workers, initializer=initializer, initargs=initargs) as pool:
+        pool.map(function, items[:workers], chunksize=1)  # all processes up
+        return pool_pass(pool, function, items, 16)
 
 
 # ------------------------------------------------------------------------- through the service

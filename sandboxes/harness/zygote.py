@@ -540,16 +540,9 @@ def candidate_process(code, a_in, a_out, limits, deadline, cpu):
     close_fds_except({0, 1, 2, a_in, a_out})
     apply_limits(limits, deadline - time.monotonic() + 1)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        compiled = compile(code, "solution.py", "exec")
-    except (SyntaxError, ValueError) as exc:
-        write_frame(
-            a_out,
-            {
-                "error": "the solution does not compile",
-                "compile_error": f"{type(exc).__name__}: {exc}",
-            },
-        )
+    compiled, error = compile_solution(code)
+    if error is not None:
+        write_frame(a_out, {"error": "the solution does not compile", "compile_error": error})
         os._exit(1)
     try:
         exec(compiled, namespace)
@@ -914,13 +907,12 @@ def compile_cpp(spawner, code, limits, compile_timeout_s):
     return (result["stderr"] or result["exit"])[-STDERR_TAIL:]
 
 
-def compile_error(code):
-    """Why ``code`` does not compile as Python (None if it does)."""
+def compile_solution(code):
+    """(code object, None) for Python ``code``, or (None, why it does not compile)."""
     try:
-        compile(code, "solution.py", "exec")
+        return compile(code, "solution.py", "exec"), None
     except (SyntaxError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def run_submission(spawner, request):
@@ -940,7 +932,7 @@ def run_submission(spawner, request):
             return reply
         deadline = time.monotonic() + request["budget_s"]  # compilation is not run time
     elif mode == "stdio":  # once here, not in every test's process (call mode: see there)
-        reply["compile_error"] = compile_error(request["code"])
+        _, reply["compile_error"] = compile_solution(request["code"])
         if reply["compile_error"] is not None:
             return reply
     if mode != "assert":
