@@ -19,7 +19,9 @@ from reward_service.queue.streams import (
     GROUP,
     JobMessage,
     Keys,
+    RedisOptions,
     cancel_tasks,
+    connect,
     decode_stored,
     encode_stored,
     idempotency_key,
@@ -452,6 +454,41 @@ def test_job_message_round_trip_and_keys() -> None:
     assert base == idempotency_key("a", "math", "r", {"x": 2, "ground_truth": "1"}, {})
     assert base != idempotency_key("b", "math", "r", {"ground_truth": "1", "x": 2}, {})
     assert base != idempotency_key("a", "math", "r2", {"ground_truth": "1", "x": 2}, {})
+
+
+def test_commands_packed_in_c_travel_as_redis_py_packs_them(redis_server: RedisServer) -> None:
+    """The client packs commands with hiredis (see streams._HiredisPacking): the bytes on the
+    wire are redis-py's own, multi-word commands still split, and what redis-py refuses is
+    still refused with its DataError."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    args = ("EVALSHA", "f" * 40, 2, "k:1", b"k:\xff", "h\u00e9", 7, -1.5, b"", 600000)
+    from reward_service.queue.streams import _HiredisPacking
+
+    client = connect(RedisOptions(redis_server.url))
+    assert issubclass(client.connection_pool.connection_class, _HiredisPacking)
+    packing = client.connection_pool.connection_class()
+    assert b"".join(packing.pack_command(*args)) == b"".join(Connection().pack_command(*args))
+    assert packing.pack_command("SCRIPT LOAD", "return 1") == Connection().pack_command(
+        "SCRIPT LOAD", "return 1"
+    )
+
+    async def scenario() -> list[object]:
+        try:
+            sha = await client.script_load("return ARGV[1]")
+            pipe = client.pipeline(transaction=False)
+            pipe.set("x", 1.25)
+            pipe.get("x")
+            pipe.evalsha(sha, 0, "h\u00e9")
+            answers = await pipe.execute()
+            with pytest.raises(DataError, match="NoneType"):
+                await client.set("x", None)  # type: ignore[arg-type]
+            return answers
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [True, b"1.25", "h\u00e9".encode()]
 
 
 def test_cancel_tasks_ends_a_task_that_swallows_a_cancel() -> None:

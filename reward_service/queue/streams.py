@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import hiredis
 import orjson
 from pydantic import SecretStr
 from redis.asyncio import Redis
@@ -480,7 +481,7 @@ def connect(options: RedisOptions) -> Redis:
     """A client for ``options`` whose calls fail fast when Redis is unreachable: callers retry
     with their own backoff and never wait past a request's deadline."""
     url, credentials = options.client_kwargs()
-    return Redis.from_url(
+    client = Redis.from_url(
         url,
         socket_connect_timeout=2.0,
         socket_keepalive=True,
@@ -488,6 +489,41 @@ def connect(options: RedisOptions) -> Redis:
         max_connections=64,
         **credentials,
     )
+    pool = client.connection_pool
+    pool.connection_class = _packing_in_c(pool.connection_class)  # TCP, TLS or Unix socket
+    return client
+
+
+class _HiredisPacking:
+    """Mixed into a redis-py asyncio connection class: commands are packed by hiredis, in C.
+    redis-py's asyncio connections pack them in Python (its sync ones use hiredis): ~30 us for
+    one script call of twenty arguments, the largest per-request cost of a gateway in
+    distributed mode, against ~5 us here. What hiredis refuses takes redis-py's own path,
+    which raises redis-py's errors."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # As redis-py does: "SCRIPT LOAD" and the like travel as separate words.
+        if isinstance(args[0], str) and " " in args[0]:
+            args = (*args[0].encode().split(), *args[1:])
+        elif isinstance(args[0], bytes) and b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+
+
+_PACKING_CLASSES: dict[type, type] = {}
+
+
+def _packing_in_c(connection_class: type) -> type:
+    if connection_class not in _PACKING_CLASSES:
+        _PACKING_CLASSES[connection_class] = type(
+            f"HiredisPacking{connection_class.__name__}",
+            (_HiredisPacking, connection_class),
+            {},
+        )
+    return _PACKING_CLASSES[connection_class]
 
 
 async def backoff(what: str, exc: object, failures: int) -> None:

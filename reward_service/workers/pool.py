@@ -43,6 +43,7 @@ from reward_service.workers.fair_queue import FairQueue
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 0.02
+REAP_INTERVAL_S = 1.0
 MAX_BATCH_ITEMS = 256
 INITIAL_COST_ESTIMATE_S = 0.001
 COST_EWMA_WEIGHT = 0.2
@@ -140,9 +141,10 @@ class _Worker:
         return index, started
 
     def _on_readable(self) -> None:
+        # One message per readiness event: the loop calls again while more are waiting, and
+        # Connection.poll() (a fresh selector and a poll syscall each time) is not free.
         try:
-            while self.conn.poll():
-                self.pool._on_message(self, self.conn.recv())
+            self.pool._on_message(self, self.conn.recv())
         except (EOFError, OSError):
             self.pool._on_worker_lost(self, killed=False)
 
@@ -467,10 +469,16 @@ class WorkerPool:
 
     async def _watch(self) -> None:
         """Kill processes whose running item is past its hard deadline; replace dead ones."""
+        last_reap = time.monotonic()
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            self.context.active_children()  # reaps the processes we killed or lost
             now = time.monotonic()
+            # A process that dies is noticed at once by the EOF on its pipe; asking each one
+            # for its exit code (a poll on its sentinel) is only the backstop, so not every tick.
+            reap = now - last_reap >= REAP_INTERVAL_S
+            if reap:
+                last_reap = now
+                self.context.active_children()  # reaps the processes we killed or lost
             for worker in list(self._workers):
                 if worker is None or worker.closed:
                     continue
@@ -479,7 +487,7 @@ class WorkerPool:
                         log.error("worker %d did not start in time; replacing it", worker.slot)
                         self._on_worker_lost(worker, killed=False, reason="startup_failure")
                     continue
-                if worker.process.exitcode is not None:
+                if reap and worker.process.exitcode is not None:
                     self._on_worker_lost(worker, killed=False)
                     continue
                 running = worker.running_item()
