@@ -5,7 +5,7 @@
    embedded workers, once to ``serve --redis-url`` with a ``worker`` process of the same size.
    Every request must come back ``ok`` (no loss) with the same reward in both modes.
 2. The fixed cost per request: sequential unary calls of a no-op verifier in both modes.
-3. Scaling: a CPU-bound domain (math, code) with one worker process, then two.
+3. Scaling: a CPU-bound domain (spin, math, code) with one worker process, then two.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from trainer.client import AsyncRewardClient, RewardClient, build_request
 # Shares of the mixed load (roughly the reference recipe's training mix, by samples).
 MIX = {"math": 0.25, "code": 0.10, "stem": 0.15, "reasoning_gym": 0.35, "ifeval": 0.15}
 WINDOW = 4096  # requests in flight, as a trainer streaming a rollout batch would have
+# CPU time each request of the benchmark's ``spin`` verifier burns: a verifier whose cost is
+# fixed in CPU time, so its scaling row does not move with the host's speed as math's does.
+SPIN_MS = 10.0
 
 
 def queue_keys() -> dict[str, str]:
@@ -268,5 +271,14 @@ def bench_distributed(workers: int, quick: bool) -> dict[str, Any]:
         for i in range(1 if quick else 3)
         for p in humaneval.problems()
     ]
-    result["scaling"] = {"math": _scaling("math", math), "code": _scaling("code", code)}
+    spin = [
+        {"id": str(i), "domain": "spin", "response": "x", "reference": {"ms": SPIN_MS}}
+        for i in range(500 if quick else 1500)
+    ]
+    result["spin_ms"] = SPIN_MS
+    result["scaling"] = {
+        "spin": _scaling("spin", spin),
+        "math": _scaling("math", math),
+        "code": _scaling("code", code),
+    }
     return result

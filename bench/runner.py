@@ -381,6 +381,11 @@ def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
             f"| {latency['p99']:.0f} ms | {statuses} |"
         )
     unary = dist["unary_noop_p50_ms"]
+    spin_ms = dist.get("spin_ms", 0.0)
+    spin = dist["scaling"].get("spin")
+    overhead_ms = (
+        1000 * spin["one_worker_busy_cores"] / spin["one_worker_per_s"] - spin_ms if spin else 0
+    )
     lines += [
         "",
         f"- No loss: {_verdict(lost == 0)}; {lost} of {dist['requests']:,} requests not `ok`, "
@@ -405,14 +410,26 @@ def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
         "so that the host's drift does not fall on one side of the ratio. *Busy cores*: CPU "
         "time of the "
         "whole machine (gateway, Redis, workers, sandboxes, client) over the run, from "
-        "`/proc/stat`. With one worker the machine is already more than one core busy: the "
-        "gateway, Redis, the worker's main process and the client spend about 1.5 ms of CPU "
-        "per request beside the verifier (and code runs in sandbox processes beside its "
-        "worker), so on 2 shared cores a second worker cannot double the rate; on separate "
-        "nodes, where distributed mode puts them, each worker process adds its full rate. "
-        "*Direct*: the same requests scored by the verifier called in one process, then in "
-        "two (each with its own sandbox for code), with no service at all: what this machine "
-        "itself gives a second process, the ceiling of the service's ratio here.",
+        "`/proc/stat`. "
+        + (
+            f"*spin*: the benchmark's verifier that burns {spin_ms:g} ms of CPU time per "
+            "request; its cost is fixed in CPU time, so its row shows the service's own "
+            "scaling, which the host's changes of speed (see the reference loop) hide in the "
+            "math row. With one worker the machine is already more than one core busy: beside "
+            "the verifier, the gateway, Redis, the worker's main process and the client spend "
+            f"{overhead_ms:.1f} ms of CPU per request (the spin row's busy cores over its "
+            f"rate, less the {spin_ms:g} ms), "
+            if spin
+            else "With one worker the machine is already more than one core busy: the "
+            "gateway, Redis, the worker's main process and the client spend CPU beside the "
+            "verifier, "
+        )
+        + "and code runs in sandbox processes beside its worker, so "
+        "on 2 shared cores a second worker cannot double the rate; on separate nodes, where "
+        "distributed mode puts them, each worker process adds its full rate. *Direct*: the "
+        "same requests scored by the verifier called in one process, then in two (each with "
+        "its own sandbox for code), with no service at all: what this machine itself gives a "
+        "second process, the ceiling of the service's ratio here.",
         "",
         "| domain | 1 worker process | 2 worker processes | ratio | busy cores (1 / 2) "
         "| direct: 1 / 2 processes, ratio | target |",
