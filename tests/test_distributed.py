@@ -129,6 +129,27 @@ def test_mixed_domains_score_through_redis(
         assert redis_server.client().xlen(KEYS.jobs("math")) == 0  # answered jobs are deleted
 
 
+def test_busy_worker_posts_results_in_groups(
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """A worker that still runs jobs lets a finished result wait (up to 20 ms) for others and
+    posts them in one round trip; a lone request is posted at once, alone."""
+    port = free_port()
+    start_worker(workers, redis_server, "test_echo", tmp_path, "--metrics-port", str(port))
+    wait_for_workers(redis_server.client(), "test_echo", 1)
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    with distributed_server(redis_server.url) as server, RewardClient(server.grpc_target) as client:
+        total = 40
+        results = client.score_batch([echo(i, total, seconds=0.005) for i in range(total)])
+        assert [r.reward for r in results] == [round(i / total, 6) for i in range(total)]
+        posts = scrape(metrics_url, "reward_service_results_per_post_count")
+        assert scrape(metrics_url, "reward_service_results_per_post_sum") == total
+        assert posts <= total / 2, f"{total} results in {posts:g} posts: not grouped"
+        lone = client.score("test_echo", "alone", {"reward": 0.25})
+        assert lone.reward == 0.25
+        assert scrape(metrics_url, "reward_service_results_per_post_count") == posts + 1
+
+
 def test_worker_killed_mid_batch_every_request_answered_once(
     redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:

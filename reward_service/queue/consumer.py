@@ -346,6 +346,7 @@ class StreamConsumer:
             await self._linger()
             batch = self._completions[:COMPLETE_BATCH]
             del self._completions[:COMPLETE_BATCH]
+            self.metrics.results_per_post.observe(len(batch))
             pipe = self.redis.pipeline(transaction=False)
             for completion in batch:
                 self._add_completion(pipe, completion)
