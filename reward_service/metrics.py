@@ -162,7 +162,7 @@ class QueueMetrics:
         self.results_per_post = Histogram(
             "reward_service_results_per_post",
             "Results a worker posted to Redis in one round trip: a busy worker lets a finished "
-            "result wait up to 20 ms for others (never a lone one).",
+            "result wait briefly for others (never a lone one).",
             buckets=(1, 2, 4, 8, 16, 64, 256, 512),
             registry=registry,
         )

@@ -397,8 +397,7 @@ class StreamConsumer:
         Waits up to ``COMPLETE_LINGER_S`` after the first pending result, and not at all once
         nothing else runs here (no more results are coming: a lone request pays no delay), a
         full batch is pending, or a pending result's deadline is near."""
-        started = time.monotonic()
-        flush_by = started + COMPLETE_LINGER_S
+        flush_by = time.monotonic() + COMPLETE_LINGER_S
         seen = 0
         while len(self._completions) < COMPLETE_BATCH and any(self._running_count.values()):
             now = time.monotonic()
