@@ -5,12 +5,14 @@
    embedded workers, once to ``serve --redis-url`` with a ``worker`` process of the same size.
    Every request must come back ``ok`` (no loss) with the same reward in both modes.
 2. The fixed cost per request: sequential unary calls of a no-op verifier in both modes.
-3. Scaling: a CPU-bound domain (spin, math, code) with one worker process, then two.
+3. Scaling: a CPU-bound domain (spin, math, code) with one worker process and with two, in
+   turns; and the same work called directly in one process and in two (the host's ceiling).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import random
@@ -18,6 +20,7 @@ import secrets
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,14 @@ WINDOW = 4096  # requests in flight, as a trainer streaming a rollout batch woul
 # CPU time each request of the benchmark's ``spin`` verifier burns: a verifier whose cost is
 # fixed in CPU time, so its scaling row does not move with the host's speed as math's does.
 SPIN_MS = 10.0
+# Scaling passes: one worker, two, one, two, ..., one (SCALING_ROUNDS two-worker passes).
+SCALING_ROUNDS = 3
+# Passes of requests a scaling row sends: through the service, a warm-up, the one-worker
+# passes and a warm-up with each two-worker pass; then the direct passes.
+SCALING_PASSES = (1 + (SCALING_ROUNDS + 1) + 2 * SCALING_ROUNDS) + (2 * SCALING_ROUNDS + 1)
+
+_Pass = tuple[float, float]  # (requests/s, busy cores of the whole machine)
+_Requests = Callable[[], list[dict[str, Any]]]  # the requests of the next pass
 
 
 def queue_keys() -> dict[str, str]:
@@ -190,11 +201,20 @@ def _cpu_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def _batch_pass(target: str, requests: list[dict[str, Any]], run: str) -> tuple[float, float]:
-    """(requests/s, CPU cores kept busy on the whole machine meanwhile) of one pass of
-    ``requests`` as ``ScoreBatch`` calls of 256, two in flight, as a trainer scoring whole
-    batches sends them. Ids get the prefix ``run``: a request sent again under the same id
-    would be answered from the result Redis keeps for retries, not scored."""
+def _busy_while(run: Callable[[], float]) -> _Pass:
+    """(what ``run`` returns: a rate, CPU cores kept busy on the whole machine meanwhile)."""
+    busy_before, total_before = _cpu_jiffies()
+    rate = run()
+    busy_after, total_after = _cpu_jiffies()
+    cores = (os.cpu_count() or 1) * (busy_after - busy_before) / (total_after - total_before)
+    return rate, cores
+
+
+def _batch_pass(target: str, requests: list[dict[str, Any]], run: str) -> _Pass:
+    """(requests/s, busy cores) of one pass of ``requests`` as ``ScoreBatch`` calls of 256,
+    two in flight, as a trainer scoring whole batches sends them. Ids get the prefix ``run``:
+    a request sent again under the same id would be answered from the result Redis keeps for
+    retries, not scored."""
     bodies = [
         build_request(r["domain"], r["response"], r["reference"], id=f"{run}/{r['id']}")
         for r in requests
@@ -204,35 +224,64 @@ def _batch_pass(target: str, requests: list[dict[str, Any]], run: str) -> tuple[
         async with AsyncRewardClient(target) as client:
             return await score_batches(client, bodies, 256)
 
-    busy_before, total_before = _cpu_jiffies()
-    rate = asyncio.run(one_pass())
-    busy_after, total_after = _cpu_jiffies()
-    cores = (os.cpu_count() or 1) * (busy_after - busy_before) / (total_after - total_before)
-    return rate, cores
+    return _busy_while(lambda: asyncio.run(one_pass()))
 
 
-def _direct_rate(domain: str, requests: list[dict[str, Any]], processes: int) -> float:
-    """Requests per second of ``domain``'s verifier called directly in ``processes`` processes
-    (each with its own sandbox, for code): no gateway, no Redis, no worker main process."""
+def _alternate(one: Callable[[], _Pass], two: Callable[[], _Pass]) -> dict[str, Any]:
+    """Passes with one process and with two, taking turns (one, two, one, ... one), so that
+    a drift of the host's speed, which on this virtual machine is tens of percent within a
+    minute, falls on both sides of the ratio instead of on one."""
+    ones: list[_Pass] = []
+    twos: list[_Pass] = []
+    for _ in range(SCALING_ROUNDS):
+        ones.append(one())
+        twos.append(two())
+    ones.append(one())
+    one_rate = statistics.fmean(rate for rate, _ in ones)
+    two_rate = statistics.fmean(rate for rate, _ in twos)
+    return {
+        "one_per_s": one_rate,
+        "two_per_s": two_rate,
+        "one_passes_per_s": [rate for rate, _ in ones],
+        "two_passes_per_s": [rate for rate, _ in twos],
+        "ratio": two_rate / one_rate,
+        "one_busy_cores": statistics.fmean(cores for _, cores in ones),
+        "two_busy_cores": statistics.fmean(cores for _, cores in twos),
+    }
+
+
+def _direct_pass(domain: str, requests: list[dict[str, Any]], processes: int) -> _Pass:
+    """(requests/s, busy cores) of ``domain``'s verifier called directly in ``processes``
+    processes (each with its own sandbox, for code): no gateway, no Redis, no worker main
+    process."""
     context = multiprocessing.get_context("forkserver")
     with context.Pool(processes, initializer=warm_verifier, initargs=(domain,)) as pool:
         pool.map(verifier_direct, requests[: 4 * processes], chunksize=1)
-        return pool_pass(pool, verifier_direct, requests, 4)
+        return _busy_while(lambda: pool_pass(pool, verifier_direct, requests, 4))
 
 
-def _direct_scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, float]:
+def _direct_scaling(domain: str, next_pass: _Requests) -> dict[str, Any]:
     """What this machine itself gives when the same work runs in two processes instead of
     one: the ceiling of any service's scaling here (two busy cores of a virtual machine do not
-    each run as fast as one alone)."""
-    one = _direct_rate(domain, requests, 1)
-    two = _direct_rate(domain, requests, 2)
-    return {"one_process_per_s": one, "two_processes_per_s": two, "ratio": two / one}
+    each run as fast as one alone, and code's sandbox processes run beside their caller)."""
+    return _alternate(
+        lambda: _direct_pass(domain, next_pass(), 1), lambda: _direct_pass(domain, next_pass(), 2)
+    )
 
 
-def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rate with one worker process, with a second one started beside it, and with one again
-    once the second has stopped: the one-worker rate is the mean of the passes before and
-    after, so that a drift of the host's speed does not fall on one side of the ratio."""
+def _pass_requests(requests: list[dict[str, Any]], size: int) -> _Requests:
+    """The requests of each scaling pass: the next ``size`` of ``requests``, round and round.
+    Math needs distinct samples for every pass (``SCALING_PASSES`` of them): math-verify caches
+    what it parsed, so a process that has seen a pass's inputs before (the first worker, which
+    runs every pass) would score them faster than one that has not (the second)."""
+    starts = itertools.cycle(range(0, len(requests) - size + 1, size))
+    return lambda: requests[(start := next(starts)) : start + size]
+
+
+def _scaling(domain: str, next_pass: _Requests) -> dict[str, Any]:
+    """Rates with one worker process and with a second one started beside it (same consumer
+    group), taking turns (see :func:`_alternate`); then the direct ceiling of the same work.
+    ``next_pass`` gives the requests of each pass."""
     with RedisServer() as redis_server:
         extra = ["--redis-url", redis_server.url, "--domains", domain]
         keys = queue_keys()
@@ -241,34 +290,33 @@ def _scaling(domain: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
             ServiceProcess(workers=1, extra_args=extra, command="worker", env=keys),
         ):
             target = gateway.grpc_target
-            _batch_pass(target, requests, "warm-up-1")
-            before = _batch_pass(target, requests, "one")
-            with ServiceProcess(workers=1, extra_args=extra, command="worker", env=keys):
-                _batch_pass(target, requests[: len(requests) // 4], "warm-up-2")
-                two, two_cores = _batch_pass(target, requests, "two")
-            after = _batch_pass(target, requests, "one-again")
-    one, one_cores = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
-    return {
-        "one_worker_per_s": one,
-        "one_worker_passes_per_s": [before[0], after[0]],
-        "two_workers_per_s": two,
-        "ratio": two / one,
-        "one_worker_busy_cores": one_cores,
-        "two_workers_busy_cores": two_cores,
-        "direct": _direct_scaling(domain, requests),
-    }
+            passes = itertools.count()
+            _batch_pass(target, next_pass(), "warm-up")
+
+            def one() -> _Pass:
+                return _batch_pass(target, next_pass(), f"pass-{next(passes)}")
+
+            def two() -> _Pass:
+                with ServiceProcess(workers=1, extra_args=extra, command="worker", env=keys):
+                    warm_up = next_pass()
+                    _batch_pass(target, warm_up[: len(warm_up) // 4], f"pass-{next(passes)}")
+                    return _batch_pass(target, next_pass(), f"pass-{next(passes)}")
+
+            service = _alternate(one, two)
+    return {**service, "direct": _direct_scaling(domain, next_pass)}
 
 
 def bench_distributed(workers: int, quick: bool) -> dict[str, Any]:
     total = 10_000 if quick else 100_000
     result = _mixed(workers, total, calls=200 if quick else 1000)
+    math_pass = 1000 if quick else 4000
     math = [
         {"id": str(i), "domain": "math", "response": r, "reference": {"ground_truth": t}}
-        for i, (r, t) in enumerate(math_samples(1000 if quick else 4000, seed=21))
+        for i, (r, t) in enumerate(math_samples(math_pass * SCALING_PASSES, seed=21))
     ]
     code = [
         {**humaneval.canonical(p), "id": f"{i}-{p['task_id']}"}
-        for i in range(1 if quick else 3)
+        for i in range(2 if quick else 20)
         for p in humaneval.problems()
     ]
     spin = [
@@ -277,8 +325,9 @@ def bench_distributed(workers: int, quick: bool) -> dict[str, Any]:
     ]
     result["spin_ms"] = SPIN_MS
     result["scaling"] = {
-        "spin": _scaling("spin", spin),
-        "math": _scaling("math", math),
-        "code": _scaling("code", code),
+        "spin": _scaling("spin", _pass_requests(spin, len(spin))),
+        "math": _scaling("math", _pass_requests(math, math_pass)),
+        # The code verifier keeps nothing between submissions: its passes may repeat.
+        "code": _scaling("code", _pass_requests(code, len(code))),
     }
     return result
