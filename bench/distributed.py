@@ -35,7 +35,7 @@ from bench.domains import (
     warm_verifier,
 )
 from bench.gateway import percentile
-from bench.math_data import math_samples
+from bench.math_data import iter_math_samples, math_samples
 from bench.redis_server import RedisServer
 from bench.service import ServiceProcess
 from trainer.client import AsyncRewardClient, RewardClient, build_request
@@ -48,9 +48,6 @@ WINDOW = 4096  # requests in flight, as a trainer streaming a rollout batch woul
 SPIN_MS = 10.0
 # Scaling passes: one worker, two, one, two, ..., one (SCALING_ROUNDS two-worker passes).
 SCALING_ROUNDS = 3
-# Passes of requests a scaling row sends: through the service, a warm-up, the one-worker
-# passes and a warm-up with each two-worker pass; then the direct passes.
-SCALING_PASSES = (1 + (SCALING_ROUNDS + 1) + 2 * SCALING_ROUNDS) + (2 * SCALING_ROUNDS + 1)
 
 _Pass = tuple[float, float]  # (requests/s, busy cores of the whole machine)
 _Requests = Callable[[], list[dict[str, Any]]]  # the requests of the next pass
@@ -269,13 +266,15 @@ def _direct_scaling(domain: str, next_pass: _Requests) -> dict[str, Any]:
     )
 
 
-def _pass_requests(requests: list[dict[str, Any]], size: int) -> _Requests:
-    """The requests of each scaling pass: the next ``size`` of ``requests``, round and round.
-    Math needs distinct samples for every pass (``SCALING_PASSES`` of them): math-verify caches
-    what it parsed, so a process that has seen a pass's inputs before (the first worker, which
-    runs every pass) would score them faster than one that has not (the second)."""
-    starts = itertools.cycle(range(0, len(requests) - size + 1, size))
-    return lambda: requests[(start := next(starts)) : start + size]
+def _new_math_passes(size: int) -> _Requests:
+    """Math passes of ``size`` samples that no earlier pass sent: math-verify caches what it
+    parsed, so a process that has seen a pass's inputs before (the first worker, which runs
+    every pass) would score them faster than one that has not (the second)."""
+    samples = enumerate(iter_math_samples(seed=21))
+    return lambda: [
+        {"id": str(i), "domain": "math", "response": r, "reference": {"ground_truth": t}}
+        for i, (r, t) in itertools.islice(samples, size)
+    ]
 
 
 def _scaling(domain: str, next_pass: _Requests) -> dict[str, Any]:
@@ -309,11 +308,6 @@ def _scaling(domain: str, next_pass: _Requests) -> dict[str, Any]:
 def bench_distributed(workers: int, quick: bool) -> dict[str, Any]:
     total = 10_000 if quick else 100_000
     result = _mixed(workers, total, calls=200 if quick else 1000)
-    math_pass = 1000 if quick else 4000
-    math = [
-        {"id": str(i), "domain": "math", "response": r, "reference": {"ground_truth": t}}
-        for i, (r, t) in enumerate(math_samples(math_pass * SCALING_PASSES, seed=21))
-    ]
     code = [
         {**humaneval.canonical(p), "id": f"{i}-{p['task_id']}"}
         for i in range(2 if quick else 20)
@@ -325,9 +319,9 @@ def bench_distributed(workers: int, quick: bool) -> dict[str, Any]:
     ]
     result["spin_ms"] = SPIN_MS
     result["scaling"] = {
-        "spin": _scaling("spin", _pass_requests(spin, len(spin))),
-        "math": _scaling("math", _pass_requests(math, math_pass)),
+        "spin": _scaling("spin", lambda: spin),
+        "math": _scaling("math", _new_math_passes(1000 if quick else 4000)),
         # The code verifier keeps nothing between submissions: its passes may repeat.
-        "code": _scaling("code", _pass_requests(code, len(code))),
+        "code": _scaling("code", lambda: code),
     }
     return result

@@ -6,7 +6,9 @@ here is different; about a third are wrong answers, and the forms mix what model
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Iterator
 from fractions import Fraction
 
 FILLER = (
@@ -17,10 +19,14 @@ FILLER = (
 
 def math_samples(count: int, seed: int) -> list[tuple[str, str]]:
     """``count`` distinct (response, ground_truth) pairs."""
+    return list(itertools.islice(iter_math_samples(seed), count))
+
+
+def iter_math_samples(seed: int) -> Iterator[tuple[str, str]]:
+    """Distinct (response, ground_truth) pairs, as many as are drawn."""
     rng = random.Random(seed)
-    samples: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
-    while len(samples) < count:
+    while True:
         kind = rng.randrange(6)
         wrong = rng.random() < 0.33
         if kind == 0:  # fraction vs decimal
@@ -65,5 +71,4 @@ def math_samples(count: int, seed: int) -> list[tuple[str, str]]:
         )
         if (response, truth) not in seen:
             seen.add((response, truth))
-            samples.append((response, truth))
-    return samples
+            yield response, truth

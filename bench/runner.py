@@ -381,17 +381,14 @@ def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
             f"| {latency['p99']:.0f} ms | {statuses} |"
         )
     unary = dist["unary_noop_p50_ms"]
-    spin_ms = dist.get("spin_ms", 0.0)
-    rounds = len(next(iter(dist["scaling"].values()))["two_passes_per_s"])
-    turns = ", ".join(["one, two"] * rounds + ["one"])
-    spin = dist["scaling"].get("spin")
+    spin_ms = dist["spin_ms"]
+    spin = dist["scaling"]["spin"]
+    turns = ", ".join(["one, two"] * len(spin["two_passes_per_s"]) + ["one"])
     # What the service adds to a request's CPU (gateway, Redis, the worker's main process, the
     # gRPC client): the whole machine's CPU per request, less that of the direct calls.
-    overhead_ms = (
-        1000 * (spin["one_busy_cores"] / spin["one_per_s"])
-        - 1000 * (spin["direct"]["one_busy_cores"] / spin["direct"]["one_per_s"])
-        if spin
-        else 0.0
+    overhead_ms = 1000 * (
+        spin["one_busy_cores"] / spin["one_per_s"]
+        - spin["direct"]["one_busy_cores"] / spin["direct"]["one_per_s"]
     )
     lines += [
         "",
@@ -422,19 +419,15 @@ def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
         "sandbox for code), in the same turns, with no service at all: what this machine "
         "itself gives a second process, the ceiling of the service's ratio here; *of direct* "
         "is the service's ratio over that ceiling. "
-        + (
-            f"*spin*: the benchmark's verifier that burns {spin_ms:g} ms of CPU time per "
-            "request; its cost is fixed in CPU time, so its row shows the service's own "
-            "scaling, which the host's changes of speed (see the reference loop) hide in the "
-            "math row. The service adds "
-            f"{overhead_ms:.1f} ms of CPU per request (gateway, Redis, the worker's main "
-            "process, the gRPC client: the spin row's busy cores over its rate, less the "
-            "direct calls'); with one worker that runs on the second core, with two it is "
-            "taken from the verifiers. "
-            if spin
-            else ""
-        )
-        + "Code runs in sandbox processes beside its worker (the candidate and the checker "
+        f"*spin*: the benchmark's verifier that burns {spin_ms:g} ms of CPU time per "
+        "request; its cost is fixed in CPU time, so its row shows the service's own "
+        "scaling, which the host's changes of speed (see the reference loop) hide in the "
+        "math row. The service adds "
+        f"{overhead_ms:.1f} ms of CPU per request (gateway, Redis, the worker's main "
+        "process, the gRPC client: the spin row's busy cores over its rate, less the "
+        "direct calls'); with one worker that runs on the second core, with two it is "
+        "taken from the verifiers. "
+        "Code runs in sandbox processes beside its worker (the candidate and the checker "
         "are separate processes, forked per submission), so one code worker already keeps "
         "more than one core busy, and on 2 shared cores a second cannot double the rate: its "
         "direct ratio shows that ceiling. On separate nodes, where distributed mode puts "
