@@ -20,7 +20,8 @@ import secrets
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ WINDOW = 4096  # requests in flight, as a trainer streaming a rollout batch woul
 SPIN_MS = 10.0
 # Scaling passes: one worker, two, one, two, ..., one (SCALING_ROUNDS two-worker passes).
 SCALING_ROUNDS = 3
+# The mixed load is sent in this many slices, each to embedded and to distributed mode in turns.
+MIXED_SLICES = 10
 
 _Pass = tuple[float, float]  # (requests/s, busy cores of the whole machine)
 _Requests = Callable[[], list[dict[str, Any]]]  # the requests of the next pass
@@ -94,9 +97,9 @@ def mixed_requests(total: int, seed: int) -> list[dict[str, Any]]:
     return requests
 
 
-async def run_load(target: str, requests: list[dict[str, Any]], run: str) -> dict[str, Any]:
-    """Stream ``requests`` with at most ``WINDOW`` in flight; rate, latencies, results. Ids get
-    the prefix ``run``: a request sent again under the same id would be answered from the
+async def run_load(target: str, requests: list[dict[str, Any]], run: str) -> _Load:
+    """Stream ``requests`` with at most ``WINDOW`` in flight; seconds, latencies, results. Ids
+    get the prefix ``run``: a request sent again under the same id would be answered from the
     result Redis keeps for retries, not scored."""
     sent = [0.0] * len(requests)
     latency = [0.0] * len(requests)
@@ -120,74 +123,123 @@ async def run_load(target: str, requests: list[dict[str, Any]], run: str) -> dic
                 id=f"{run}/{request['id']}",
             )
             future.add_done_callback(lambda f, i=index: done(i, f))
-    elapsed = time.perf_counter() - started
-    return {
-        "per_s": len(requests) / elapsed,
-        "seconds": elapsed,
-        "latency_ms": {
-            q: 1e3 * percentile(latency, p) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))
-        },
-        "statuses": dict(Counter(r.status for r in results)),
-        "rewards": [r.reward for r in results],
-        "failures": [f"{r.id}: {r.status} {r.detail}" for r in results if r.status != "ok"][:5],
-    }
+    return _Load(time.perf_counter() - started, latency, results)
 
 
-def _unary_latency_ms(target: str, calls: int) -> float:
+@dataclass
+class _Load:
+    """What one or more loads through the same service took and gave, in request order."""
+
+    seconds: float
+    latency_s: list[float]
+    results: list[Any]
+
+    def __add__(self, other: _Load) -> _Load:
+        return _Load(
+            self.seconds + other.seconds,
+            self.latency_s + other.latency_s,
+            self.results + other.results,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "per_s": len(self.results) / self.seconds,
+            "seconds": self.seconds,
+            "latency_ms": {
+                q: 1e3 * percentile(self.latency_s, p)
+                for q, p in (("p50", 50), ("p90", 90), ("p99", 99))
+            },
+            "statuses": dict(Counter(r.status for r in self.results)),
+            "failures": [
+                f"{r.id}: {r.status} {r.detail}" for r in self.results if r.status != "ok"
+            ][:5],
+        }
+
+
+def _unary_latencies_s(target: str, calls: int) -> list[float]:
+    """``calls`` sequential unary calls of the no-op verifier, each one's time."""
     with RewardClient(target) as client:
-        for _ in range(100):
+        for _ in range(min(calls, 100)):
             client.score("noop", "x", {})
         times = []
         for _ in range(calls):
             started = time.perf_counter()
             client.score("noop", "x", {})
             times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+    return times
 
 
-def _load_without_rewards(outcome: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in outcome.items() if k != "rewards"}
+def _in_turns(modes: Sequence[str], rounds: int, measure: Callable[[str, int], None]) -> None:
+    """``measure(mode, round)`` for every mode in every round, in the order A B, B A, A B, ...:
+    a drift of the host's speed over the rounds falls on every mode alike."""
+    for index in range(rounds):
+        for mode in modes if index % 2 == 0 else list(reversed(modes)):
+            measure(mode, index)
 
 
 def _mixed(workers: int, total: int, calls: int) -> dict[str, Any]:
+    """Embedded and distributed mode, both running, take turns at slices of the load (and of
+    the unary calls): measured one after the other, they would also measure how the host's
+    speed changed in between, which on this virtual machine is tens of percent."""
     requests = mixed_requests(total, seed=11)
     warmup = requests[: min(len(requests), 3000)]
-    with ServiceProcess(workers=workers) as embedded:
-        asyncio.run(run_load(embedded.grpc_target, warmup, "warm-up"))
-        embedded_load = asyncio.run(run_load(embedded.grpc_target, requests, "timed"))
-        embedded_unary = _unary_latency_ms(embedded.grpc_target, calls)
-    with RedisServer() as redis_server:
-        url = ["--redis-url", redis_server.url]
-        keys = queue_keys()
-        with (
-            ServiceProcess(workers=1, extra_args=url, env=keys) as gateway,
-            ServiceProcess(workers=workers, extra_args=url, command="worker", env=keys),
-        ):
-            asyncio.run(run_load(gateway.grpc_target, warmup, "warm-up"))
-            distributed_load = asyncio.run(run_load(gateway.grpc_target, requests, "timed"))
-            distributed_unary = _unary_latency_ms(gateway.grpc_target, calls)
-            client = redis_server.client()
-            leftovers = {
-                key.decode(): client.xlen(key)
-                for pattern in ("reward:jobs:*", "reward:dead:*")
-                for key in client.scan_iter(pattern)
-                if client.xlen(key)
-            }
+    size = -(-len(requests) // MIXED_SLICES)
+    slices = [requests[i : i + size] for i in range(0, len(requests), size)]
+    loads: dict[str, _Load] = {}
+    unary: dict[str, list[float]] = {}
+    with (
+        RedisServer() as redis_server,
+        ServiceProcess(workers=workers) as embedded,
+        ServiceProcess(
+            workers=1, extra_args=["--redis-url", redis_server.url], env=(keys := queue_keys())
+        ) as gateway,
+        ServiceProcess(
+            workers=workers,
+            extra_args=["--redis-url", redis_server.url],
+            command="worker",
+            env=keys,
+        ),
+    ):
+        targets = {"embedded": embedded.grpc_target, "distributed": gateway.grpc_target}
+        for target in targets.values():
+            asyncio.run(run_load(target, warmup, "warm-up"))
+
+        def load(mode: str, index: int) -> None:
+            outcome = asyncio.run(run_load(targets[mode], slices[index], "timed"))
+            loads[mode] = loads[mode] + outcome if mode in loads else outcome
+
+        def unary_calls(mode: str, index: int) -> None:
+            unary.setdefault(mode, []).extend(
+                _unary_latencies_s(targets[mode], calls // MIXED_SLICES)
+            )
+
+        _in_turns(list(targets), len(slices), load)
+        _in_turns(list(targets), MIXED_SLICES, unary_calls)
+        client = redis_server.client()
+        leftovers = {
+            key.decode(): client.xlen(key)
+            for pattern in ("reward:jobs:*", "reward:dead:*")
+            for key in client.scan_iter(pattern)
+            if client.xlen(key)
+        }
     differing = sum(
         1
-        for a, b in zip(embedded_load["rewards"], distributed_load["rewards"], strict=True)
-        if a != b
+        for a, b in zip(loads["embedded"].results, loads["distributed"].results, strict=True)
+        if a.reward != b.reward
     )
     return {
         "requests": total,
         "mix": MIX,
         "window": WINDOW,
         "workers": workers,
-        "embedded": _load_without_rewards(embedded_load),
-        "distributed": _load_without_rewards(distributed_load),
+        "slices": len(slices),
+        "embedded": loads["embedded"].summary(),
+        "distributed": loads["distributed"].summary(),
         "rewards_differing": differing,
         "redis_leftovers": leftovers,
-        "unary_noop_p50_ms": {"embedded": embedded_unary, "distributed": distributed_unary},
+        "unary_noop_p50_ms": {
+            mode: 1e3 * statistics.median(times) for mode, times in unary.items()
+        },
     }
 
 
