@@ -59,8 +59,10 @@ READ_BLOCK_MS = 1000
 HEARTBEAT_INTERVAL_S = 2.0
 COMPLETE_BATCH = 512
 # How long a finished result may wait for others before it is posted, while this worker still
-# runs more jobs: see StreamConsumer._linger.
-COMPLETE_LINGER_S = 0.02
+# runs more jobs: see StreamConsumer._linger. Measured with two workers of a 10 ms verifier on
+# two cores (runs in turns): 20 ms gave 160 requests/s, 60 ms 168/s, and 120 ms no more than
+# 1% over 60 ms. What is traded is a result's wait under load, small beside a training step.
+COMPLETE_LINGER_S = 0.06
 
 
 @dataclass(eq=False, slots=True)
