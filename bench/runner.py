@@ -401,8 +401,7 @@ def _render_distributed(dist: dict[str, Any] | None) -> list[str]:
         f"- Overhead of distributed over embedded on the same work: throughput "
         f"{_change(rem['per_s'], emb['per_s'])}; sequential unary calls of a no-op verifier "
         f"p50 {unary['distributed']:.2f} ms vs {unary['embedded']:.2f} ms "
-        f"({unary['distributed'] - unary['embedded']:+.2f} ms for the two Redis hops)"
-        + ".",
+        f"({unary['distributed'] - unary['embedded']:+.2f} ms for the two Redis hops).",
         "",
         "Scaling out: the gateway and Redis, then one `reward-service worker --concurrency 1` "
         f"alone and with a second one beside it (same consumer group), in turns: {turns}; each "
