@@ -159,7 +159,7 @@ class _Load:
 def _unary_latencies_s(target: str, calls: int) -> list[float]:
     """``calls`` sequential unary calls of the no-op verifier, each one's time."""
     with RewardClient(target) as client:
-        for _ in range(min(calls, 100)):
+        for _ in range(20):  # a new channel: connect and warm up first
             client.score("noop", "x", {})
         times = []
         for _ in range(calls):
@@ -187,41 +187,36 @@ def _mixed(workers: int, total: int, calls: int) -> dict[str, Any]:
     slices = [requests[i : i + size] for i in range(0, len(requests), size)]
     loads: dict[str, _Load] = {}
     unary: dict[str, list[float]] = {}
-    with (
-        RedisServer() as redis_server,
-        ServiceProcess(workers=workers) as embedded,
-        ServiceProcess(
-            workers=1, extra_args=["--redis-url", redis_server.url], env=(keys := queue_keys())
-        ) as gateway,
-        ServiceProcess(
-            workers=workers,
-            extra_args=["--redis-url", redis_server.url],
-            command="worker",
-            env=keys,
-        ),
-    ):
-        targets = {"embedded": embedded.grpc_target, "distributed": gateway.grpc_target}
-        for target in targets.values():
-            asyncio.run(run_load(target, warmup, "warm-up"))
+    keys = queue_keys()
+    with RedisServer() as redis_server:
+        url = ["--redis-url", redis_server.url]
+        with (
+            ServiceProcess(workers=workers) as embedded,
+            ServiceProcess(workers=1, extra_args=url, env=keys) as gateway,
+            ServiceProcess(workers=workers, extra_args=url, command="worker", env=keys),
+        ):
+            targets = {"embedded": embedded.grpc_target, "distributed": gateway.grpc_target}
+            for target in targets.values():
+                asyncio.run(run_load(target, warmup, "warm-up"))
 
-        def load(mode: str, index: int) -> None:
-            outcome = asyncio.run(run_load(targets[mode], slices[index], "timed"))
-            loads[mode] = loads[mode] + outcome if mode in loads else outcome
+            def load(mode: str, index: int) -> None:
+                outcome = asyncio.run(run_load(targets[mode], slices[index], "timed"))
+                loads[mode] = loads[mode] + outcome if mode in loads else outcome
 
-        def unary_calls(mode: str, index: int) -> None:
-            unary.setdefault(mode, []).extend(
-                _unary_latencies_s(targets[mode], calls // MIXED_SLICES)
-            )
+            def unary_calls(mode: str, index: int) -> None:
+                unary.setdefault(mode, []).extend(
+                    _unary_latencies_s(targets[mode], calls // MIXED_SLICES)
+                )
 
-        _in_turns(list(targets), len(slices), load)
-        _in_turns(list(targets), MIXED_SLICES, unary_calls)
-        client = redis_server.client()
-        leftovers = {
-            key.decode(): client.xlen(key)
-            for pattern in ("reward:jobs:*", "reward:dead:*")
-            for key in client.scan_iter(pattern)
-            if client.xlen(key)
-        }
+            _in_turns(list(targets), len(slices), load)
+            _in_turns(list(targets), MIXED_SLICES, unary_calls)
+            client = redis_server.client()
+            leftovers = {
+                key.decode(): client.xlen(key)
+                for pattern in ("reward:jobs:*", "reward:dead:*")
+                for key in client.scan_iter(pattern)
+                if client.xlen(key)
+            }
     differing = sum(
         1
         for a, b in zip(loads["embedded"].results, loads["distributed"].results, strict=True)
