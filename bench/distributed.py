@@ -123,7 +123,8 @@ async def run_load(target: str, requests: list[dict[str, Any]], run: str) -> _Lo
                 id=f"{run}/{request['id']}",
             )
             future.add_done_callback(lambda f, i=index: done(i, f))
-    return _Load(time.perf_counter() - started, latency, results)
+    elapsed = time.perf_counter() - started
+    return _Load(elapsed, latency, results, [len(requests) / elapsed])
 
 
 @dataclass
@@ -133,17 +134,20 @@ class _Load:
     seconds: float
     latency_s: list[float]
     results: list[Any]
+    part_rates: list[float]  # requests/s of each load that was added up
 
     def __add__(self, other: _Load) -> _Load:
         return _Load(
             self.seconds + other.seconds,
             self.latency_s + other.latency_s,
             self.results + other.results,
+            self.part_rates + other.part_rates,
         )
 
     def summary(self) -> dict[str, Any]:
         return {
             "per_s": len(self.results) / self.seconds,
+            "slices_per_s": self.part_rates,
             "seconds": self.seconds,
             "latency_ms": {
                 q: 1e3 * percentile(self.latency_s, p)
