@@ -6,8 +6,11 @@ state), so several servers can run in one process, as they do in the tests.
 
 from __future__ import annotations
 
+import importlib.metadata
+from typing import Literal
+
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 # The *_created series double the exposition size and tell operators nothing here.
 prometheus_client.disable_created_metrics()
@@ -32,11 +35,31 @@ LATENCY_BUCKETS = (
 )
 
 
-class ServiceMetrics:
-    """The counters, gauges and histograms that operators scrape from ``GET /metrics``."""
+Role = Literal["gateway", "worker", "score"]
 
-    def __init__(self) -> None:
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("reward-service")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+class ServiceMetrics:
+    """The counters, gauges and histograms that operators scrape from ``GET /metrics``.
+
+    ``role`` tells the processes apart in Prometheus: a gateway and a distributed worker both
+    count requests and their durations (answered to clients vs scored), and dashboards and
+    alerts pick the gateways' series by joining on ``reward_service_build_info{role=...}``.
+    """
+
+    def __init__(self, role: Role) -> None:
         self.registry = CollectorRegistry()
+        Info(
+            "reward_service_build",
+            "The process's role (gateway, worker, score) and the service's version.",
+            registry=self.registry,
+        ).info({"role": role, "version": _version()})
         self.requests = Counter(
             "reward_service_requests",
             "Scoring requests answered, by domain and status.",
@@ -91,10 +114,13 @@ class QueueMetrics:
     workers each fill in the ones they observe)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        # Observed by gateways (they poll Redis).
         self.redis_up = Gauge(
-            "reward_service_redis_up", "1 when Redis answered the last poll.", registry=registry
+            "reward_service_redis_up",
+            "1 when Redis answered this process's last call (a gateway's poll, a worker's read "
+            "or heartbeat).",
+            registry=registry,
         )
+        # Observed by gateways (they poll Redis).
         self.stream_length = Gauge(
             "reward_service_stream_length",
             "Jobs in a domain's stream, waiting or running (the backlog autoscalers watch).",

@@ -126,13 +126,14 @@ def test_mixed_domains_score_through_redis(
             "the worker's heartbeat in the gateway's metrics",
         )
         assert metric(server, "reward_service_redis_up") == 1
+        assert metric(server, 'reward_service_build_info{role="gateway"') == 1
         assert redis_server.client().xlen(KEYS.jobs("math")) == 0  # answered jobs are deleted
 
 
 def test_busy_worker_posts_results_in_groups(
     redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
-    """A worker that still runs jobs lets a finished result wait (up to 20 ms) for others and
+    """A worker that still runs jobs lets a finished result wait (up to 60 ms) for others and
     posts them in one round trip; a lone request is posted at once, alone."""
     port = free_port()
     start_worker(workers, redis_server, "test_echo", tmp_path, "--metrics-port", str(port))
@@ -368,6 +369,10 @@ def test_retried_request_is_not_run_twice(
     assert first.reward == second.reward == other.reward == 0.5
     worker_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     assert 'reward_service_requests_total{domain="test_echo",status="ok"} 2.0' in worker_metrics
+    # Workers report their own Redis reachability (an alert on 0 must not fire for them) and
+    # their role, which dashboards join on to tell their request counts from the gateways'.
+    assert "reward_service_redis_up 1.0" in worker_metrics
+    assert 'reward_service_build_info{role="worker",version=' in worker_metrics
 
 
 def test_job_delivered_too_often_is_dead_lettered(

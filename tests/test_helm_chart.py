@@ -188,6 +188,39 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             closed=False,
         )
     ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): crd(
+        obj(
+            {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
+                        {
+                            "name": {"type": "string", "minLength": 1},
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": obj(
+                                    {
+                                        "alert": {"type": "string", "minLength": 1},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                                        "labels": {"type": "object"},
+                                        "annotations": {"type": "object"},
+                                    },
+                                    "alert",
+                                    "expr",
+                                ),
+                            },
+                        },
+                        "name",
+                        "rules",
+                    ),
+                }
+            },
+            "groups",
+        )
+    ),
     ("cert-manager.io/v1", "Certificate"): crd(
         obj(
             {
@@ -237,7 +270,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "autoscaling": {"mode": "keda"},
     },
     "service-monitor": {
-        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusAnnotations": True}
+        "metrics": {
+            "serviceMonitor": {"enabled": True},
+            "prometheusAnnotations": True,
+            "grafanaDashboard": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "annotations": {"grafana_folder": "RL"},
+            },
+            "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+        }
     },
     "stem-disabled": {"workers": {"stem": {"enabled": False}}},
     "grouped-workers": {
@@ -805,6 +847,23 @@ def test_service_monitors(rendered: dict[str, list[dict[str, Any]]]) -> None:
     worker = of_kind(docs, "Deployment")[worker_name("math")]
     annotations = worker["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "9100"
+
+
+def test_dashboard_and_alerts_ship_the_files_as_they_are(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for kind in ("ConfigMap", "PrometheusRule"):
+        assert not of_kind(rendered["default"], kind)
+    docs = rendered["service-monitor"]
+    dashboard = of_kind(docs, "ConfigMap")[f"{PREFIX}-dashboard"]
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "RL"}
+    shipped = (CHART / "files" / "grafana-dashboard.json").read_text()
+    assert dashboard["data"]["reward-service.json"] == shipped.strip()
+    rule = of_kind(docs, "PrometheusRule")[PREFIX]
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
 
 
 def test_redis_bundled_without_persistence_by_default(

@@ -130,7 +130,7 @@ class RewardServer:
     def __init__(self, settings: Settings) -> None:
         check_tls_settings(settings)
         self.settings = settings
-        self.metrics = ServiceMetrics()
+        self.metrics = ServiceMetrics("gateway")
         self.access = AccessControl.from_settings(settings, self.metrics)
         check_bind_safety(settings, self.access)
         self.verifiers = served_verifiers(settings)
@@ -229,7 +229,7 @@ def _grpc_host(host: str) -> str:
 async def embedded_scorer(settings: Settings) -> AsyncIterator[Scorer]:
     """A :class:`Scorer` without network servers (``score``): over a started worker pool, or
     over Redis and its workers when ``settings.redis_url`` is set."""
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics("score")
     verifiers = served_verifiers(settings)
     queue = build_queue(settings, verifiers, metrics)
     await queue.start()

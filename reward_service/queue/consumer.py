@@ -221,7 +221,7 @@ class StreamConsumer:
                     count=min(room, MAX_READ),
                     block=READ_BLOCK_MS,
                 )
-                self._redis_ok = True
+                self._set_redis_ok(True)
                 failures = 0
             except ResponseError as exc:
                 if streams.is_nogroup(exc):
@@ -541,12 +541,16 @@ class StreamConsumer:
                     pipe.zadd(self.keys.heartbeats(domain), {self.name: now})
                     pipe.zremrangebyscore(self.keys.heartbeats(domain), "-inf", now - 3600)
                 await pipe.execute()
-                self._redis_ok = True
+                self._set_redis_ok(True)
             except (RedisError, OSError) as exc:
-                self._redis_ok = False
+                self._set_redis_ok(False)
                 log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
+    def _set_redis_ok(self, ok: bool) -> None:
+        self._redis_ok = ok
+        self.metrics.redis_up.set(1 if ok else 0)
+
     async def _backoff(self, what: str, exc: object, failures: int) -> None:
-        self._redis_ok = False
+        self._set_redis_ok(False)
         await streams.backoff(what, exc, failures)

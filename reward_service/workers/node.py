@@ -40,7 +40,7 @@ class WorkerNode:
         self.settings = settings
         self.redis_options = RedisOptions.from_settings(settings)
         keyring = load_keyring(settings)  # before anything starts: no keys, no worker
-        self.metrics = ServiceMetrics()
+        self.metrics = ServiceMetrics("worker")
         self.queue_metrics = QueueMetrics(self.metrics.registry)
         self.verifiers = served_verifiers(settings)
         self.pool = build_pool(settings, self.verifiers, self.metrics)

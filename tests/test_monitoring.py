@@ -1,0 +1,214 @@
+"""The Grafana dashboard and the Prometheus alerts shipped in helm/files/ (and deploy/monitoring/):
+every expression parses as PromQL, and asks only for series the service exports, with labels
+those series carry; the dashboard's layout and variables are sound, and the alerts' annotations
+name only labels their expressions keep.
+
+The expressions are parsed by ``promql-parser`` (a port of Prometheus' own parser); the metric
+names and labels come from the service's own metric objects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from reward_service.metrics import QueueMetrics, Role, ServiceMetrics
+from reward_service.verifiers.base import Status
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "helm" / "files" / "grafana-dashboard.json"
+RULES = ROOT / "helm" / "files" / "prometheus-rules.yaml"
+# Labels Prometheus adds to every scraped series (the job and target; Kubernetes discovery's).
+TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
+# Grafana's variables: the dashboard's own, and the built-in ones it uses.
+GRAFANA_VALUES = {"namespace": ".*", "__rate_interval": "5m", "datasource": "prometheus"}
+# Label values the service sets from a fixed set: a matcher on another value matches nothing.
+KNOWN_VALUES = {"status": {s.value for s in Status}, "role": set(typing.get_args(Role))}
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Every series name the service exports (``_total``, ``_bucket``...), with its labels."""
+    metrics = ServiceMetrics("gateway")
+    queue = QueueMetrics(metrics.registry)
+    series: dict[str, set[str]] = {}
+    for owner in (metrics, queue):
+        for metric in vars(owner).values():
+            if not isinstance(metric, MetricWrapperBase):
+                continue
+            name, labels = metric._name, set(metric._labelnames)
+            suffixes = {
+                "counter": {"_total": labels},
+                "gauge": {"": labels},
+                "histogram": {"_bucket": labels | {"le"}, "_sum": labels, "_count": labels},
+            }[metric._type]
+            for suffix, names in suffixes.items():
+                series[name + suffix] = names
+    # The Info metric is registered but not kept as an attribute.
+    series["reward_service_build_info"] = {"role", "version"}
+    return series
+
+
+SERIES = exported_series()
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    return [panel for panel in dashboard()["panels"] if panel["type"] != "row"]
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expression) of every panel target, with Grafana's variables filled in."""
+    queries = []
+    for panel in dashboard_panels():
+        for target in panel["targets"]:
+            expr = re.sub(r"\$(\w+)", lambda m: GRAFANA_VALUES[m.group(1)], target["expr"])
+            queries.append((f"panel {panel['title']!r} {target['refId']}", expr))
+    return queries
+
+
+ALL_QUERIES = dashboard_queries() + [(f"alert {r['alert']}", r["expr"]) for r in rules()]
+
+
+def children(node: Any) -> list[Any]:
+    kind = type(node).__name__
+    if kind == "BinaryExpr":
+        return [node.lhs, node.rhs]
+    if kind in ("AggregateExpr", "ParenExpr", "UnaryExpr", "SubqueryExpr"):
+        return [node.expr] + ([node.param] if kind == "AggregateExpr" and node.param else [])
+    if kind == "Call":
+        return list(node.args)
+    if kind == "MatrixSelector":
+        return [node.vector_selector]
+    return []
+
+
+def walk(node: Any) -> list[Any]:
+    return [node, *(n for child in children(node) for n in walk(child))]
+
+
+def selectors(node: Any) -> list[Any]:
+    return [n for n in walk(node) if type(n).__name__ == "VectorSelector"]
+
+
+def result_labels(node: Any) -> set[str]:
+    """The labels an expression's result keeps (enough for the forms the rules use)."""
+    kind = type(node).__name__
+    if kind == "VectorSelector":
+        return SERIES[node.name] | TARGET_LABELS
+    if kind == "AggregateExpr":
+        assert str(node.modifier.type).endswith("By"), "use `by (...)`: say what is kept"
+        return set(node.modifier.labels)
+    if kind == "BinaryExpr":
+        sides = [s for s in (node.lhs, node.rhs) if type(s).__name__ != "NumberLiteral"]
+        if str(node.op) == "or":
+            return result_labels(node.lhs) & result_labels(node.rhs)
+        return result_labels(sides[0])
+    if kind == "Call" and node.func.name == "histogram_quantile":
+        return result_labels(node.args[1]) - {"le"}
+    if kind == "Call":
+        return result_labels(node.args[0])
+    if kind in ("ParenExpr", "MatrixSelector"):
+        return result_labels(children(node)[0])
+    raise AssertionError(f"no rule for {kind}")
+
+
+@pytest.mark.parametrize(("where", "expr"), ALL_QUERIES, ids=[w for w, _ in ALL_QUERIES])
+def test_expression_parses_and_names_only_exported_series(where: str, expr: str) -> None:
+    tree = promql_parser.parse(expr)
+    names = {s.name for s in selectors(tree)}
+    unknown = names - SERIES.keys()
+    assert not unknown, f"{where}: no such series {sorted(unknown)} (exported: {sorted(SERIES)})"
+    available = set().union(*(SERIES[n] for n in names)) | TARGET_LABELS
+    for selector in selectors(tree):
+        for matcher in selector.matchers.matchers:
+            assert matcher.name in SERIES[selector.name] | TARGET_LABELS, (
+                f"{where}: {selector.name} has no label {matcher.name!r}"
+            )
+            allowed = KNOWN_VALUES.get(matcher.name)
+            if allowed and str(matcher.op) in ("MatchOp.Equal", "MatchOp.NotEqual"):
+                assert matcher.value in allowed, (
+                    f"{where}: {matcher.name}={matcher.value!r} never occurs (one of {allowed})"
+                )
+    for node in walk(tree):
+        modifier = getattr(node, "modifier", None)
+        grouping = getattr(modifier, "labels", None) or getattr(
+            getattr(modifier, "matching", None), "labels", None
+        )
+        missing = set(grouping or ()) - available
+        assert not missing, f"{where}: groups or matches on {sorted(missing)}, which no series has"
+
+
+def test_every_exported_series_family_is_on_the_dashboard() -> None:
+    """An operator finds every metric the service exports on some panel."""
+
+    def family(series: str) -> str:
+        return re.sub(r"_(total|bucket|sum|count)$", "", series)
+
+    shown = {
+        family(selector.name)
+        for _, expr in dashboard_queries()
+        for selector in selectors(promql_parser.parse(expr))
+    }
+    missing = {family(name) for name in SERIES} - shown
+    assert not missing, f"not on the dashboard: {sorted(missing)}"
+
+
+def test_dashboard_layout_and_variables() -> None:
+    board = dashboard()
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    cells: dict[tuple[int, int], str] = {}
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, f"{panel['title']}: off the grid"
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert variables == {"datasource", "namespace"}
+    for panel in dashboard_panels():
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["description"], f"{panel['title']}: say what the panel shows"
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\$(\w+)", target["expr"]))
+            assert used <= variables | {"__rate_interval"}, (panel["title"], used)
+            assert 'namespace=~"$namespace"' in target["expr"], (
+                f"{panel['title']}: every selector follows the namespace variable"
+            )
+
+
+def test_alerts_are_complete_and_name_only_labels_they_keep() -> None:
+    names = [rule["alert"] for rule in rules()]
+    assert len(names) == len(set(names))
+    for rule in rules():
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        assert {"summary", "description"} <= rule["annotations"].keys(), rule["alert"]
+        kept = result_labels(promql_parser.parse(rule["expr"]))
+        for text in rule["annotations"].values():
+            used = set(re.findall(r"\$labels\.(\w+)", text))
+            assert used <= kept, f"{rule['alert']}: annotations use {used - kept}, not kept"
+
+
+def test_deploy_folder_ships_the_same_files() -> None:
+    for name in ("grafana-dashboard.json", "prometheus-rules.yaml"):
+        shipped = ROOT / "deploy" / "monitoring" / name
+        assert shipped.read_bytes() == (ROOT / "helm" / "files" / name).read_bytes()
