@@ -20,14 +20,14 @@ esac
 # sandbox, which runs submissions with the system's /usr/bin/python3; util-linux: setpriv;
 # redis-server: the queue of distributed mode (the tests start their own instances).
 system_packages=(python3 python3-venv python3-dev build-essential bubblewrap util-linux redis-server)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=()
 for package in "${system_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
     || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing system packages: ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
@@ -49,6 +49,21 @@ echo "installed into .venv ($(.venv/bin/python --version))" >&2
 # .venv. torch==2.13.0 is the CPU build where one is provided (PIP_FIND_LINKS).
 if [ "$extras" = "[dev]" ]; then
   bash deploy/k8s-tools.sh
+  # promtool checks and unit-tests the shipped alert rules (tests/test_monitoring.py). It is
+  # taken out of the distribution's prometheus package, which is downloaded, not installed:
+  # no server, no service user.
+  if [ ! -x .venv/bin/promtool ]; then
+    work="$(mktemp -d)"
+    if (cd "$work" && { apt-get download -qq prometheus 2>/dev/null \
+        || { $sudo apt-get update -qq && apt-get download -qq prometheus; }; }); then
+      dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -x -C "$work" ./usr/bin/promtool
+      install -m 0755 "$work/usr/bin/promtool" .venv/bin/promtool
+      echo "installed $(.venv/bin/promtool --version 2>&1 | head -1 | cut -d' ' -f1-3) into .venv/bin" >&2
+    else
+      echo "no prometheus package to take promtool from: the alert rules' tests will skip" >&2
+    fi
+    rm -rf "$work"
+  fi
   [ -x .venv-verl/bin/python ] || "$python" -m venv .venv-verl
   .venv-verl/bin/python -m pip install --quiet --upgrade pip
   .venv-verl/bin/python -m pip install --quiet torch==2.13.0 verl==0.9.1 TransferQueue==0.1.11 \

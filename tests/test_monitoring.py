@@ -4,13 +4,18 @@ those series carry; the dashboard's layout and variables are sound, and the aler
 name only labels their expressions keep.
 
 The expressions are parsed by ``promql-parser`` (a port of Prometheus' own parser); the metric
-names and labels come from the service's own metric objects.
+names and labels come from the service's own metric objects. Prometheus' ``promtool`` then
+checks the rule file and runs each alert over made-up series: it fires on the failure it is
+for, and not on what looks like it but is normal.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -212,3 +217,228 @@ def test_deploy_folder_ships_the_same_files() -> None:
     for name in ("grafana-dashboard.json", "prometheus-rules.yaml"):
         shipped = ROOT / "deploy" / "monitoring" / name
         assert shipped.read_bytes() == (ROOT / "helm" / "files" / name).read_bytes()
+
+
+# ------------------------------------------------------------------ the alerts, run by promtool
+
+
+def find_promtool() -> str | None:
+    for candidate in (
+        Path(sys.executable).parent / "promtool",
+        ROOT / ".venv" / "bin" / "promtool",
+    ):
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which("promtool")
+
+
+PROMTOOL = find_promtool()
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="no promtool in .venv/bin or on PATH (bash deploy/install.sh --dev takes it from "
+    "the distribution's prometheus package)",
+)
+# One gateway and one worker, as Prometheus labels their targets.
+GATEWAY = {"job": "gateway", "instance": "gw-1:8000", "namespace": "rl"}
+WORKER = {"job": "workers", "instance": "wk-1:9100", "namespace": "rl"}
+
+
+def series(name: str, target: dict[str, str], values: str, **labels: str) -> dict[str, str]:
+    selector = ", ".join(f'{k}="{v}"' for k, v in {**target, **labels}.items())
+    return {"series": f"{name}{{{selector}}}", "values": values}
+
+
+def build_info(target: dict[str, str], role: str, minutes: int) -> dict[str, str]:
+    return series("reward_service_build_info", target, f"1x{minutes}", role=role, version="0")
+
+
+def expected(alert: str, labels: dict[str, str], summary: str) -> dict[str, Any]:
+    """An alert as promtool expects it: its labels, and its annotations with the summary
+    rendered (the descriptions hold no templates)."""
+    (rule,) = [r for r in rules() if r["alert"] == alert]
+    return {
+        "exp_labels": {**labels, **rule["labels"]},
+        "exp_annotations": {**rule["annotations"], "summary": summary},
+    }
+
+
+def alert_cases() -> list[dict[str, Any]]:
+    """promtool's test cases: each alert fires on the failure it is for, and not on what
+    looks like it but is normal (a worker's own series, a domain scaled to zero with nothing
+    to do, kills of samples past their budget)."""
+    ns = {"namespace": "rl"}
+    return [
+        {
+            "interval": "1m",
+            "input_series": [
+                series("reward_service_redis_up", GATEWAY, "1 1 0 0 0 0"),
+                series("reward_service_redis_up", WORKER, "1 1 1 1 1 1"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "RewardServiceRedisDown", "exp_alerts": []},
+                {
+                    "eval_time": "4m",
+                    "alertname": "RewardServiceRedisDown",
+                    "exp_alerts": [
+                        expected("RewardServiceRedisDown", GATEWAY, "gw-1:8000 cannot reach Redis")
+                    ],
+                },
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                # Two gateways report the same Redis; code has jobs and no worker, math none.
+                *(
+                    series(metric, {**GATEWAY, "instance": instance}, values, domain=domain)
+                    for instance in ("gw-1:8000", "gw-2:8000")
+                    for metric, domain, values in (
+                        ("reward_service_workers_live", "code", "1 0x9"),
+                        ("reward_service_stream_length", "code", "0 40x9"),
+                        ("reward_service_workers_live", "math", "0x9"),
+                        ("reward_service_stream_length", "math", "0x9"),
+                    )
+                )
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "5m",
+                    "alertname": "RewardServiceNoWorkers",
+                    "exp_alerts": [
+                        expected(
+                            "RewardServiceNoWorkers",
+                            {**ns, "domain": "code"},
+                            "code jobs wait and no code worker is alive",
+                        )
+                    ],
+                }
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                build_info(GATEWAY, "gateway", 12),
+                build_info(WORKER, "worker", 12),
+                # math: 10% error at the gateway. code: errors only in the worker's counts
+                # (what it scored), none answered to clients: no alert.
+                *(
+                    series("reward_service_requests_total", target, values, domain=d, status=s)
+                    for target, d, s, values in (
+                        (GATEWAY, "math", "ok", "0+90x12"),
+                        (GATEWAY, "math", "error", "0+10x12"),
+                        (GATEWAY, "code", "ok", "0+50x12"),
+                        (WORKER, "code", "error", "0+50x12"),
+                    )
+                ),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "11m",
+                    "alertname": "RewardServiceErrorShare",
+                    "exp_alerts": [
+                        expected(
+                            "RewardServiceErrorShare",
+                            {**ns, "domain": "math"},
+                            "10% of math requests end error",
+                        )
+                    ],
+                }
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                series(
+                    "reward_service_dead_lettered_total",
+                    WORKER,
+                    "0 0 1 1 1",
+                    domain="code",
+                    reason="max_deliveries",
+                ),
+                series(
+                    "reward_service_rejected_jobs_total",
+                    WORKER,
+                    "0 0 2 2 2",
+                    domain="math",
+                    reason="forged",
+                ),
+                series(
+                    "reward_service_dropped_results_total",
+                    GATEWAY,
+                    "0+5x4",
+                    reason="not_waited_for",
+                ),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "3m",
+                    "alertname": "RewardServiceDeadLetters",
+                    "exp_alerts": [
+                        expected(
+                            "RewardServiceDeadLetters",
+                            {**ns, "domain": "code", "reason": "max_deliveries"},
+                            "code jobs dead-lettered (max_deliveries)",
+                        )
+                    ],
+                },
+                {
+                    "eval_time": "3m",
+                    "alertname": "RewardServiceForgedMessages",
+                    "exp_alerts": [
+                        expected(
+                            "RewardServiceForgedMessages",
+                            ns,
+                            "Jobs or results on Redis whose signature does not verify",
+                        )
+                    ],
+                },
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                series(
+                    "reward_service_worker_restarts_total", WORKER, "0+10x10", reason="deadline"
+                ),
+                series("reward_service_worker_restarts_total", GATEWAY, "0+1x10", reason="crash"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "8m",
+                    "alertname": "RewardServiceWorkerCrashes",
+                    "exp_alerts": [
+                        expected(
+                            "RewardServiceWorkerCrashes",
+                            GATEWAY,
+                            "gw-1:8000 keeps replacing verifier processes that crash",
+                        )
+                    ],
+                }
+            ],
+        },
+    ]
+
+
+@needs_promtool
+def test_promtool_accepts_the_rules() -> None:
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_each_alert_fires_on_its_failure_and_not_on_the_normal_case(tmp_path: Path) -> None:
+    assert PROMTOOL is not None
+    cases = alert_cases()
+    tested = {t["alertname"] for case in cases for t in case["alert_rule_test"]}
+    assert tested == {rule["alert"] for rule in rules()}, "every alert has a case"
+    spec = tmp_path / "alerts-test.yaml"
+    spec.write_text(
+        yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": cases})
+    )
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(spec)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
