@@ -49,18 +49,20 @@ echo "installed into .venv ($(.venv/bin/python --version))" >&2
 # .venv. torch==2.13.0 is the CPU build where one is provided (PIP_FIND_LINKS).
 if [ "$extras" = "[dev]" ]; then
   bash deploy/k8s-tools.sh
-  # promtool checks and unit-tests the shipped alert rules (tests/test_monitoring.py). It is
-  # taken out of the distribution's prometheus package, which is downloaded, not installed:
-  # no server, no service user.
-  if [ ! -x .venv/bin/promtool ]; then
+  # prometheus and promtool for the tests of the shipped dashboard and alerts
+  # (tests/test_monitoring.py): taken out of the distribution's prometheus package, which is
+  # downloaded, not installed (no service, no service user).
+  if [ ! -x .venv/bin/promtool ] || [ ! -x .venv/bin/prometheus ]; then
     work="$(mktemp -d)"
     if (cd "$work" && { apt-get download -qq prometheus 2>/dev/null \
         || { $sudo apt-get update -qq && apt-get download -qq prometheus; }; }); then
-      dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -x -C "$work" ./usr/bin/promtool
-      install -m 0755 "$work/usr/bin/promtool" .venv/bin/promtool
-      echo "installed $(.venv/bin/promtool --version 2>&1 | head -1 | cut -d' ' -f1-3) into .venv/bin" >&2
+      dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb \
+        | tar -x -C "$work" ./usr/bin/promtool ./usr/bin/prometheus
+      install -m 0755 "$work/usr/bin/promtool" "$work/usr/bin/prometheus" .venv/bin/
+      echo "installed prometheus and promtool" \
+        "$(.venv/bin/promtool --version 2>&1 | head -1 | cut -d' ' -f3) into .venv/bin" >&2
     else
-      echo "no prometheus package to take promtool from: the alert rules' tests will skip" >&2
+      echo "no prometheus package to take promtool from: the monitoring tests will skip" >&2
     fi
     rm -rf "$work"
   fi

@@ -34,6 +34,7 @@ __all__ = [
     "needs_redis",
     "scrape",
     "wait_for",
+    "wait_for_workers",
 ]
 
 # The queue keys (NAME=SECRET) of the tests' gateways and workers; fresh for each test run.

@@ -6,7 +6,9 @@ name only labels their expressions keep.
 The expressions are parsed by ``promql-parser`` (a port of Prometheus' own parser); the metric
 names and labels come from the service's own metric objects. Prometheus' ``promtool`` then
 checks the rule file and runs each alert over made-up series: it fires on the failure it is
-for, and not on what looks like it but is normal.
+for, and not on what looks like it but is normal. Last, a real Prometheus scrapes a gateway and
+a worker in distributed mode: every panel's query runs, the panels show the traffic, and a
+healthy service fires no alert.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Any
 
+import httpx
 import promql_parser
 import pytest
 import yaml
@@ -27,6 +31,16 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from reward_service.metrics import QueueMetrics, Role, ServiceMetrics
 from reward_service.verifiers.base import Status
+from tests.distributed import (
+    RedisServer,
+    WorkerProcess,
+    distributed_server,
+    free_port,
+    needs_redis,
+    wait_for,
+    wait_for_workers,
+)
+from trainer.client import RewardClient
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "helm" / "files" / "grafana-dashboard.json"
@@ -34,7 +48,7 @@ RULES = ROOT / "helm" / "files" / "prometheus-rules.yaml"
 # Labels Prometheus adds to every scraped series (the job and target; Kubernetes discovery's).
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 # Grafana's variables: the dashboard's own, and the built-in ones it uses.
-GRAFANA_VALUES = {"namespace": ".*", "__rate_interval": "5m", "datasource": "prometheus"}
+GRAFANA_VALUES = {"namespace": ".*", "datasource": "prometheus"}
 # Label values the service sets from a fixed set: a matcher on another value matches nothing.
 KNOWN_VALUES = {"status": {s.value for s in Status}, "role": set(typing.get_args(Role))}
 
@@ -77,12 +91,13 @@ def dashboard_panels() -> list[dict[str, Any]]:
     return [panel for panel in dashboard()["panels"] if panel["type"] != "row"]
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
+def dashboard_queries(rate_interval: str = "5m") -> list[tuple[str, str]]:
     """(where, expression) of every panel target, with Grafana's variables filled in."""
+    values = {**GRAFANA_VALUES, "__rate_interval": rate_interval}
     queries = []
     for panel in dashboard_panels():
         for target in panel["targets"]:
-            expr = re.sub(r"\$(\w+)", lambda m: GRAFANA_VALUES[m.group(1)], target["expr"])
+            expr = re.sub(r"\$(\w+)", lambda m: values[m.group(1)], target["expr"])
             queries.append((f"panel {panel['title']!r} {target['refId']}", expr))
     return queries
 
@@ -222,21 +237,18 @@ def test_deploy_folder_ships_the_same_files() -> None:
 # ------------------------------------------------------------------ the alerts, run by promtool
 
 
-def find_promtool() -> str | None:
-    for candidate in (
-        Path(sys.executable).parent / "promtool",
-        ROOT / ".venv" / "bin" / "promtool",
-    ):
+def find_binary(name: str) -> str | None:
+    for candidate in (Path(sys.executable).parent / name, ROOT / ".venv" / "bin" / name):
         if candidate.is_file():
             return str(candidate)
-    return shutil.which("promtool")
+    return shutil.which(name)
 
 
-PROMTOOL = find_promtool()
+PROMTOOL = find_binary("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="no promtool in .venv/bin or on PATH (bash deploy/install.sh --dev takes it from "
-    "the distribution's prometheus package)",
+    reason="no promtool in .venv/bin or on PATH (bash deploy/install.sh --dev takes it and "
+    "prometheus from the distribution's prometheus package)",
 )
 # One gateway and one worker, as Prometheus labels their targets.
 GATEWAY = {"job": "gateway", "instance": "gw-1:8000", "namespace": "rl"}
@@ -442,3 +454,133 @@ def test_each_alert_fires_on_its_failure_and_not_on_the_normal_case(tmp_path: Pa
         [PROMTOOL, "test", "rules", str(spec)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------- the dashboard and alerts on a real Prometheus
+
+
+PROMETHEUS = find_binary("prometheus")
+SCRAPE_S = 1
+
+
+class PrometheusServer:
+    """A real ``prometheus`` scraping ``targets`` (job -> host:port) every second and
+    evaluating the shipped rules, with its data in ``folder``."""
+
+    def __init__(self, folder: Path, targets: dict[str, str]) -> None:
+        assert PROMETHEUS is not None
+        config = {
+            "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": [target]}]}
+                for job, target in targets.items()
+            ],
+        }
+        (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(folder / "prometheus.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str, **params: str) -> Any:
+        reply = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10).json()
+        assert reply["status"] == "success", reply
+        return reply["data"]
+
+    def up(self) -> bool:
+        try:
+            targets = self.get("targets")["activeTargets"]
+        except httpx.HTTPError:
+            return False
+        return bool(targets) and all(t["health"] == "up" for t in targets)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
+
+
+@needs_redis
+@pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="no prometheus in .venv/bin or on PATH (bash deploy/install.sh --dev takes it from "
+    "the distribution's prometheus package)",
+)
+def test_dashboard_and_alerts_on_a_real_prometheus(tmp_path: Path) -> None:
+    """A gateway and a worker in distributed mode, scraped by a real Prometheus: every panel's
+    query is accepted, the panels of a working service show its traffic (the joins on the
+    role included), and a healthy service fires no alert."""
+    redis_server = RedisServer(tmp_path).start()
+    worker_port = free_port()
+    worker = WorkerProcess(
+        redis_server.url,
+        "test_echo",
+        extra=["--metrics-port", str(worker_port)],
+        log_path=tmp_path / "worker.log",
+    )
+    try:
+        wait_for_workers(redis_server.client(), "test_echo", 1)
+        with distributed_server(redis_server.url) as server:
+            gateway = httpx.URL(server.http_url)
+            prometheus = PrometheusServer(
+                tmp_path,
+                {
+                    "gateway": f"{gateway.host}:{gateway.port}",
+                    "workers": f"127.0.0.1:{worker_port}",
+                },
+            )
+            try:
+                wait_for(prometheus.up, 30, "Prometheus scraping both targets", interval=0.5)
+                with RewardClient(server.grpc_target) as client:
+                    for round_ in range(8):  # traffic over several scrapes, for the rates
+                        batch = [
+                            {
+                                "domain": "test_echo",
+                                "response": f"{round_}/{i}",
+                                "reference": {"reward": 0.5},
+                            }
+                            for i in range(20)
+                        ]
+                        assert {r.status for r in client.score_batch(batch)} == {"ok"}
+                        time.sleep(SCRAPE_S)
+                time.sleep(2 * SCRAPE_S)  # the last batch scraped
+                answers = {}
+                for where, expr in dashboard_queries(rate_interval="30s"):
+                    answers[where] = prometheus.get("query", query=expr)["result"]
+                alerts = prometheus.get("alerts")["alerts"]
+                rule_health = {
+                    rule["name"]: rule["health"]
+                    for group in prometheus.get("rules")["groups"]
+                    for rule in group["rules"]
+                }
+            finally:
+                prometheus.close()
+    finally:
+        worker.close()
+        redis_server.stop()
+    showing = {where.split("'")[1] for where, result in answers.items() if result}
+    for title in (
+        "Requests/s by domain",
+        "Requests/s by status",
+        "Latency p50 by domain",
+        "Redis reachable",
+        "Live workers by domain",
+        "Backlog by domain",
+        "Results per post to Redis",
+        "Scored/s by domain, on the workers",
+        "Scoring time p99 by domain, on the workers",
+        "Verifier processes",
+    ):
+        assert title in showing, f"panel {title!r} shows nothing for a working service"
+    assert rule_health == dict.fromkeys(rule_health, "ok") and len(rule_health) == len(rules())
+    assert alerts == [], f"a healthy service fires {alerts}"
