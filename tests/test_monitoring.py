@@ -493,14 +493,16 @@ class PrometheusServer:
         )
 
     def get(self, path: str, **params: str) -> Any:
-        reply = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10).json()
+        response = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+        response.raise_for_status()  # 503 while it starts
+        reply = response.json()
         assert reply["status"] == "success", reply
         return reply["data"]
 
     def up(self) -> bool:
         try:
             targets = self.get("targets")["activeTargets"]
-        except httpx.HTTPError:
+        except httpx.HTTPError:  # not listening yet, or not ready
             return False
         return bool(targets) and all(t["health"] == "up" for t in targets)
 
