@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,15 @@ from reward_service.gateway.server import RewardServer
 from reward_service.settings import Settings
 
 TEST_VERIFIERS = "tests.plugin_verifiers"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_tool(name: str) -> str | None:
+    """A binary the dev install puts in .venv/bin (helm, promtool, ...), else one on PATH."""
+    for candidate in (Path(sys.executable).parent / name, ROOT / ".venv" / "bin" / name):
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which(name)
 
 
 class ServerThread:

@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from cryptography import x509
 
 from reward_service.gateway.auth import ClientRegistry
 from reward_service.settings import Settings
+from tests.conftest import find_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm"
@@ -40,14 +40,7 @@ DOMAINS = ("math", "code", "stem", "reasoning_gym", "ifeval")
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 
-def find_helm() -> str | None:
-    for candidate in (Path(sys.executable).parent / "helm", ROOT / ".venv" / "bin" / "helm"):
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("helm")
-
-
-HELM = find_helm()
+HELM = find_tool("helm")
 pytestmark = pytest.mark.skipif(
     HELM is None, reason="no helm binary in .venv/bin or on PATH (run: bash deploy/k8s-tools.sh)"
 )

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
 import time
 import typing
 from pathlib import Path
@@ -31,6 +29,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from reward_service.metrics import QueueMetrics, Role, ServiceMetrics
 from reward_service.verifiers.base import Status
+from tests.conftest import find_tool
 from tests.distributed import (
     RedisServer,
     WorkerProcess,
@@ -70,8 +69,9 @@ def exported_series() -> dict[str, set[str]]:
             }[metric._type]
             for suffix, names in suffixes.items():
                 series[name + suffix] = names
-    # The Info metric is registered but not kept as an attribute.
-    series["reward_service_build_info"] = {"role", "version"}
+    for family in metrics.registry.collect():  # the build Info, set once and not kept
+        if family.type == "info":
+            series.update((sample.name, set(sample.labels)) for sample in family.samples)
     return series
 
 
@@ -237,14 +237,7 @@ def test_deploy_folder_ships_the_same_files() -> None:
 # ------------------------------------------------------------------ the alerts, run by promtool
 
 
-def find_binary(name: str) -> str | None:
-    for candidate in (Path(sys.executable).parent / name, ROOT / ".venv" / "bin" / name):
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which(name)
-
-
-PROMTOOL = find_binary("promtool")
+PROMTOOL = find_tool("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="no promtool in .venv/bin or on PATH (bash deploy/install.sh --dev takes it and "
@@ -459,7 +452,7 @@ def test_each_alert_fires_on_its_failure_and_not_on_the_normal_case(tmp_path: Pa
 # --------------------------------------------- the dashboard and alerts on a real Prometheus
 
 
-PROMETHEUS = find_binary("prometheus")
+PROMETHEUS = find_tool("prometheus")
 SCRAPE_S = 1
 
 

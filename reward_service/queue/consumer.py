@@ -548,8 +548,9 @@ class StreamConsumer:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     def _set_redis_ok(self, ok: bool) -> None:
-        self._redis_ok = ok
-        self.metrics.redis_up.set(1 if ok else 0)
+        if ok != self._redis_ok:  # called on every read: the gauge only on a change
+            self._redis_ok = ok
+            self.metrics.redis_up.set(1 if ok else 0)
 
     async def _backoff(self, what: str, exc: object, failures: int) -> None:
         self._set_redis_ok(False)
